@@ -1,0 +1,210 @@
+"""The encoder the server and the CLI use: tokenizer + model + pooling on one device, behind a small interface.
+
+    enc = Encoder.load("nomic-ai/nomic-embed-text-v1.5", device="cuda")
+    ids = enc.tokenize(["search_query: what is rotary?"])
+    vectors = enc.embed(ids, dimensions=256)        # (N, 256) float32, L2-normalised
+
+The split the server relies on: `pooled(batch)` is the device work (run in one worker thread), `finish(...)` the cheap
+per-request post-processing (Matryoshka, normalisation) done wherever the request is answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import pooling
+from model.bert import Bert, BertConfig
+from model.config import ModelSpec, read_spec
+from model.errors import InputError, ModelError
+from model.nomic_bert import NomicBert, NomicBertConfig
+from model.packing import PackedBatch, cls_pool, mean_pool, pack, use_varlen
+from model.tokenizer import Tokenizer
+from model.weights import build_model, map_bert, map_nomic, read_state_dict, resolve_model_dir
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_amx() -> bool:
+    """bf16 matmuls only pay off on CPUs with AMX tiles (Sapphire Rapids and later)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but this torch build or machine has no CUDA")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" or cpu_has_amx():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    name: str
+    model_type: str
+    hidden_size: int
+    max_input_tokens: int
+    limit_source: str
+    vocab_size: int
+    device: str
+    dtype: str
+    pooling: str
+    packed_attention: bool  # attention itself runs without padding (varlen); matmuls never see padding
+    prompts: dict[str, str] = field(default_factory=dict)
+
+
+class Encoder:
+    def __init__(
+        self,
+        name: str,
+        spec: ModelSpec,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        compile: bool = False,
+    ):
+        self.spec, self.tokenizer, self.device, self.dtype = spec, tokenizer, device, dtype
+        self.model = model.to(device=device, dtype=dtype)
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self._packed = device.type == "cuda" and use_varlen(torch.empty(1, device=device, dtype=dtype))
+        self.info = EncoderInfo(
+            name=name,
+            model_type=spec.model_type,
+            hidden_size=spec.hidden_size,
+            max_input_tokens=spec.max_input_tokens,
+            limit_source=spec.limit_source,
+            vocab_size=self.model_vocab_size,
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            pooling=spec.pooling,
+            packed_attention=self._packed,
+            prompts=dict(spec.prompts),
+        )
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_input_tokens: int | None = None,
+        revision: str | None = None,
+        compile: bool = False,
+    ) -> "Encoder":
+        folder = resolve_model_dir(model, revision)
+        spec = read_spec(folder, max_input_tokens)
+        state = read_state_dict(folder)
+        arch = spec.arch
+        if isinstance(arch, NomicBertConfig):
+            net = build_model(lambda: NomicBert(arch), map_nomic(state, arch.n_layer), folder.name)
+        else:
+            assert isinstance(arch, BertConfig)
+            net = build_model(lambda: Bert(arch), map_bert(state, arch.num_hidden_layers), folder.name)
+        torch_device = pick_device(device)
+        if torch_device.type == "cpu":
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
+        torch_dtype = pick_dtype(dtype, torch_device)
+        encoder = cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile)
+        log.info(
+            "loaded %s (%s, %d dims, max %d tokens from %s) on %s in %s",
+            model, spec.model_type, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
+            torch_device, encoder.info.dtype,
+        )
+        return encoder
+
+    @property
+    def model_vocab_size(self) -> int:
+        emb = getattr(self.model, "embeddings", self.model)
+        return emb.word_embeddings.num_embeddings
+
+    # ---- input side -------------------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
+        if self.tokenizer is None:
+            raise ModelError(f"{self.info.name} has no tokenizer.json: send token ids")
+        return self.tokenizer.encode(texts, prefix)
+
+    def check_ids(self, ids: Sequence[int]) -> None:
+        if not ids:
+            raise InputError("empty input")
+        bad = next((i for i in ids if not 0 <= i < self.info.vocab_size), None)
+        if bad is not None:
+            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.info.vocab_size})")
+
+    def truncate(self, ids: Sequence[int], limit: int | None = None) -> list[int]:
+        limit = limit or self.info.max_input_tokens
+        if self.tokenizer is None:
+            return list(ids[:limit])
+        return self.tokenizer.truncate(ids, limit)
+
+    def windows(self, ids: Sequence[int], limit: int | None = None) -> list[list[int]]:
+        limit = limit or self.info.max_input_tokens
+        if self.tokenizer is None:
+            return [list(ids[i : i + limit]) for i in range(0, len(ids), limit)]
+        return self.tokenizer.windows(ids, limit)
+
+    def batch_cost(self, lengths: Sequence[int]) -> int:
+        """What a batch costs the device, in tokens: real tokens when attention is packed, else the padded grid."""
+        return sum(lengths) if self._packed else len(lengths) * max(lengths)
+
+    # ---- device side ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def pooled(
+        self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None = None
+    ) -> np.ndarray:
+        """Token-id lists -> (N, E) float32 pooled vectors (not normalised). One host<->device copy each way."""
+        packed: PackedBatch = pack(batch, token_types, pin_memory=self.device.type == "cuda").to(self.device)
+        hidden = self._forward(packed)  # (T, E)
+        vectors = cls_pool(hidden, packed) if self.spec.pooling == "cls" else mean_pool(hidden, packed)
+        return vectors.cpu().numpy()
+
+    def finish(self, pooled: np.ndarray, dimensions: int | None = None) -> np.ndarray:
+        if dimensions is not None and not 1 <= dimensions <= self.info.hidden_size:
+            raise InputError(f"dimensions must be between 1 and {self.info.hidden_size}, got {dimensions}")
+        return pooling.finish(pooled, dimensions, self.spec.matryoshka_layer_norm)
+
+    def embed(
+        self, batch: Sequence[Sequence[int]], dimensions: int | None = None, max_batch_tokens: int = 16384
+    ) -> np.ndarray:
+        """Embed any number of inputs, in length-sorted sub-batches of at most `max_batch_tokens` padded tokens."""
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
+        out = np.empty((len(batch), self.info.hidden_size), dtype=np.float32)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and self.batch_cost([len(batch[i]) for i in order[start : end + 1]]) <= max_batch_tokens:
+                end += 1
+            idx = order[start:end]
+            out[idx] = self.pooled([batch[i] for i in idx])
+            start = end
+        return self.finish(out, dimensions)
+
+    def warmup(self) -> None:
+        """Run a few shapes once so the first request does not pay for allocator growth or compilation."""
+        for length in (8, 64):
+            self.pooled([[1] * min(length, self.info.max_input_tokens)] * 2)
+
+    @staticmethod
+    def is_out_of_memory(exc: BaseException) -> bool:
+        return isinstance(exc, torch.OutOfMemoryError)

@@ -1,0 +1,53 @@
+"""The folder's `tokenizer.json` through `tokenizers`, with padding and truncation switched off: lengths are exact,
+and truncation happens only when the caller asks (keeping the trailing special tokens, e.g. [SEP])."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from model.errors import ModelError
+
+
+class Tokenizer:
+    def __init__(self, path: Path):
+        try:
+            self._tok = HFTokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise ModelError(f"cannot read {path.name}: {str(exc).splitlines()[0]}") from None
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        probe = self._tok.encode("a")
+        mask = probe.special_tokens_mask
+        self.head_specials = next((i for i, m in enumerate(mask) if not m), len(mask))
+        self.tail_specials = next((i for i, m in enumerate(reversed(mask)) if not m), 0)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "Tokenizer | None":
+        path = folder / "tokenizer.json"
+        return cls(path) if path.is_file() else None
+
+    def encode(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
+        """Token ids with the model's special tokens, untruncated. Batch encoding runs in parallel in Rust."""
+        encodings = self._tok.encode_batch([prefix + t for t in texts] if prefix else list(texts))
+        return [e.ids for e in encodings]
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self._tok.id_to_token(i) or "" for i in ids]
+
+    def truncate(self, ids: Sequence[int], limit: int) -> list[int]:
+        """Cut to `limit` tokens, keeping the trailing special tokens (as the tokenizer's own truncation would)."""
+        if len(ids) <= limit:
+            return list(ids)
+        tail = self.tail_specials if limit > self.tail_specials else 0
+        return list(ids[: limit - tail]) + (list(ids[-tail:]) if tail else [])
+
+    def windows(self, ids: Sequence[int], limit: int) -> list[list[int]]:
+        """Split a long input into windows of at most `limit` tokens, each wrapped in the special tokens."""
+        head, tail = list(ids[: self.head_specials]), list(ids[len(ids) - self.tail_specials :])
+        body = list(ids[self.head_specials : len(ids) - self.tail_specials])
+        step = max(1, limit - len(head) - len(tail))
+        return [head + body[i : i + step] + tail for i in range(0, len(body), step)] or [list(ids)]
