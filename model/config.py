@@ -131,23 +131,23 @@ def nomic_values(raw: dict[str, Any]) -> dict[str, Any]:
             mapped["rotary_emb_base"] = (f"{rope_key}.rope_theta", rope["rope_theta"])
     elif "rope_theta" in raw:
         mapped["rotary_emb_base"] = ("rope_theta", raw["rope_theta"])
-    if "head_dim" in raw and "hidden_size" in raw and "num_attention_heads" in raw:
-        if raw["head_dim"] * raw["num_attention_heads"] != raw["hidden_size"]:
-            raise ConfigError(
-                f"head_dim={raw['head_dim']} x num_attention_heads={raw['num_attention_heads']} "
-                f"!= hidden_size={raw['hidden_size']}"
-            )
 
     values = dict(raw)
     legacy_form = any(k in raw for k in LEGACY_ONLY_KEYS)
     for legacy_key, (v5_key, value) in mapped.items():
-        if legacy_key in raw and raw[legacy_key] is not None and not _same(raw[legacy_key], value):
+        if legacy_key in raw and not _same(raw[legacy_key], value):
             raise ConfigError(
                 f"config.json disagrees with itself: {legacy_key}={raw[legacy_key]!r} but {v5_key}="
                 f"{_v5_value(raw, v5_key)!r}"
             )
         if legacy_key not in raw or raw[legacy_key] is None:
             values[legacy_key] = value
+    if "head_dim" in raw and "hidden_size" in raw and "num_attention_heads" in raw:
+        if raw["head_dim"] * raw["num_attention_heads"] != raw["hidden_size"]:
+            raise ConfigError(
+                f"head_dim={raw['head_dim']} x num_attention_heads={raw['num_attention_heads']} "
+                f"!= hidden_size={raw['hidden_size']}"
+            )
     if not legacy_form:  # v5-only: what transformers assumes for the keys this form leaves out
         values.setdefault("qkv_proj_bias", False)
         values.setdefault("mlp_fc1_bias", False)
