@@ -1,0 +1,437 @@
+"""Dynamic batcher: token-id lists from many requests -> encoder batches on one worker thread.
+
+Pure asyncio (no torch, no fastapi). All items share one queue; the event loop forms the batches and
+hands them to a single worker thread, so the loop never blocks on the encoder.
+
+Scheduling:
+- class: interactive (priority 0) first. Bulk (1) runs when no interactive item waits, or when its
+  oldest item has waited `starvation_ms` and bulk got no batch in the last `starvation_ms`: bulk
+  always progresses, yet a query behind 10,000 bulk items waits about two batch times.
+- batch: the class's oldest item plus its nearest neighbours by length (small padding), grown while
+  `cost(lengths) <= max_batch_tokens` and size <= `max_batch_size`; an oversized item runs alone.
+- timing: a full batch goes at once; an idle worker waits up to `max_wait_ms` from the oldest item's
+  arrival for company. At most one (full) batch waits ahead of the running one; a bulk batch waiting
+  there is taken back into the queue when an interactive item arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from bisect import bisect_left, insort
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+R = TypeVar("R")
+log = logging.getLogger(__name__)
+
+INTERACTIVE, BULK = 0, 1
+_PENDING, _RUNNING, _CANCELLED = "pending", "running", "cancelled"
+
+
+class Overloaded(Exception):
+    """The queue holds too many tokens; the caller should answer 429 with `Retry-After`."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"server overloaded, retry after {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+class Draining(Exception):
+    """The batcher is shutting down and admits no new work."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed while some of its inputs were still queued."""
+
+
+class WorkerDied(Exception):
+    """The encoder worker thread is gone."""
+
+
+@dataclass
+class BatchStats:
+    size: int
+    real_tokens: int
+    cost_tokens: int
+    queue_waits_s: list[float]
+    compute_s: float
+    priority_counts: dict[int, int] = field(default_factory=dict)
+    oom_splits: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    future: asyncio.Future[list[Any]]
+    results: list[Any]
+    left: int
+    deadline: float | None
+    items: list[_Item] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    req: _Request
+    index: int
+    ids: Sequence[int]
+    length: int
+    priority: int
+    arrival: float
+    seq: int
+    queued: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Failed:  # an exception among a batch's outcomes (wrapped, since R itself may be anything)
+    exc: BaseException
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    items: list[_Item]
+    dispatched: float
+    preemptible: bool  # a bulk batch formed while no interactive item waited
+    state: str = _PENDING
+
+
+class Batcher(Generic[R]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Sequence[int]]], Sequence[R]],
+        *,
+        cost: Callable[[list[int]], int],
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_tokens: int,
+        is_out_of_memory: Callable[[BaseException], bool] = lambda e: False,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        starvation_ms: float = 200.0,
+    ) -> None:
+        self._run_batch, self._cost, self._is_oom, self._on_batch = run_batch, cost, is_out_of_memory, on_batch
+        self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
+        self.max_queue_tokens = max_queue_tokens
+        self._max_wait, self._starvation = max_wait_ms / 1000, starvation_ms / 1000
+        # per class: items sorted by (length, seq) to pick neighbours, and a heap by seq to find the oldest
+        # (lazy deletion: entries whose item left the queue are dropped when they reach the top)
+        self._by_len: tuple[list[tuple[int, int, _Item]], ...] = ([], [])
+        self._fifo: tuple[list[tuple[int, int, _Item]], ...] = ([], [])
+        self._queue_tokens = 0
+        self._seq = itertools.count()
+        self._inflight: list[_Job] = []  # the running job, then at most one waiting ahead
+        self._open: set[_Request] = set()
+        self._last_bulk = float("-inf")
+        self._rate: float | None = None  # recent throughput, real tokens per compute second
+        self._draining = False
+        self._death: BaseException | None = None
+        self._lock = threading.Lock()  # guards _Job.state between the loop (take-back) and the worker (claim)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    @property
+    def queue_items(self) -> int:
+        return len(self._by_len[0]) + len(self._by_len[1])
+
+    @property
+    def queue_tokens(self) -> int:
+        return self._queue_tokens
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._death is None
+
+    @property
+    def in_flight_batches(self) -> int:
+        return len(self._inflight)
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            raise RuntimeError("Batcher.start() called twice")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name="batcher-worker", daemon=True)
+        self._thread.start()
+        self._task = self._loop.create_task(self._dispatcher(), name="batcher-dispatcher")
+        self._task.add_done_callback(self._on_dispatcher_exit)
+
+    async def submit(self, items: list[Sequence[int]], *, priority: int = 0, deadline: float | None = None) -> list[R]:
+        if self._loop is None:
+            raise RuntimeError("call Batcher.start() first")
+        if self._draining:
+            raise Draining("server is shutting down")
+        if not self.alive:
+            raise WorkerDied("encoder worker is not running") from self._death
+        if priority not in (INTERACTIVE, BULK):
+            raise ValueError(f"priority must be 0 (interactive) or 1 (bulk), got {priority}")
+        if not items:
+            return []
+        tokens = sum(len(ids) for ids in items)
+        if self._queue_tokens + tokens > self.max_queue_tokens:  # all or nothing
+            excess = self._queue_tokens + tokens - self.max_queue_tokens
+            raise Overloaded(max(1.0, excess / self._rate) if self._rate else 1.0)
+        now = self._loop.time()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceeded("deadline passed before the request was queued")
+        req = _Request(self._loop.create_future(), [None] * len(items), len(items), deadline)
+        req.items = [_Item(req, i, ids, len(ids), priority, now, next(self._seq)) for i, ids in enumerate(items)]
+        for it in req.items:
+            self._enqueue(it)
+        self._open.add(req)
+        self._quiet.clear()
+        if deadline is not None:
+            req.timer = self._loop.call_at(deadline, self._expire, req)
+        if priority == INTERACTIVE:
+            self._take_back_bulk()
+        self._wake.set()
+        try:
+            return await req.future
+        finally:
+            if req.future.cancelled():  # the client went away: its queued items are never computed
+                self._release(req)
+
+    async def drain(self, timeout: float) -> None:
+        self._draining = True
+        if self._loop is None or self._thread is None:
+            return
+        end = self._loop.time() + timeout
+        try:
+            if self._open:
+                await asyncio.wait_for(self._quiet.wait(), timeout)
+        except TimeoutError:
+            self._fail_all(lambda: Draining("server shut down before this input was computed"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._jobs.put(None)  # the worker finishes what it holds, then exits
+        await asyncio.to_thread(self._thread.join, max(0.0, end - self._loop.time()))
+
+    # queue bookkeeping (event loop thread only)
+
+    def _enqueue(self, it: _Item) -> None:
+        it.queued = True
+        insort(self._by_len[it.priority], (it.length, it.seq, it))
+        heapq.heappush(self._fifo[it.priority], (it.seq, next(self._seq), it))  # unique 2nd key: items never compared
+        self._queue_tokens += it.length
+
+    def _unqueue(self, it: _Item) -> None:
+        if it.queued:
+            it.queued = False
+            keys = self._by_len[it.priority]
+            del keys[bisect_left(keys, (it.length, it.seq))]
+            self._queue_tokens -= it.length
+            if not keys:  # drop the stale heap entries too, so finished requests are not kept alive
+                self._fifo[it.priority].clear()
+
+    def _oldest(self, cls: int) -> _Item:
+        heap = self._fifo[cls]
+        while not heap[0][2].queued:
+            heapq.heappop(heap)
+        return heap[0][2]
+
+    def _release(self, req: _Request) -> None:
+        if req.timer is not None:
+            req.timer.cancel()
+        for it in req.items:
+            self._unqueue(it)
+        self._open.discard(req)
+        if not self._open:
+            self._quiet.set()
+
+    def _settle(self, req: _Request, result: list[Any] | None = None, exc: BaseException | None = None) -> None:
+        if req.future.done():
+            return
+        self._release(req)
+        if exc is None:
+            req.future.set_result(result)
+        else:
+            req.future.set_exception(exc)
+
+    def _fail_all(self, make: Callable[[], BaseException]) -> None:
+        self._inflight.clear()  # late results of these jobs find their requests settled and are dropped
+        for req in list(self._open):
+            self._settle(req, exc=make())
+
+    def _expire(self, req: _Request) -> None:
+        if not req.future.done() and any(it.queued for it in req.items):  # wholly in a running batch: let it finish
+            self._settle(req, exc=DeadlineExceeded("request deadline passed while its inputs were queued"))
+
+    def _take_back_bulk(self) -> None:
+        """An interactive item arrived: return a bulk batch still waiting ahead of the worker to the queue."""
+        if len(self._inflight) < 2 or not self._inflight[-1].preemptible:
+            return
+        assert self._loop is not None
+        job, now = self._inflight[-1], self._loop.time()
+        with self._lock:
+            if job.state != _PENDING:
+                return
+            job.state = _CANCELLED  # the worker skips it
+        self._inflight.pop()
+        for it in job.items:
+            if not it.req.future.done():
+                self._enqueue(it)  # same seq and arrival: nothing loses its place
+        for it in job.items:
+            if it.req.deadline is not None and it.req.deadline <= now:
+                self._expire(it.req)
+
+    # batch forming (event loop thread)
+
+    async def _dispatcher(self) -> None:
+        while self._death is None:
+            self._wake.clear()
+            delay = self._dispatch_ready()
+            if delay is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _dispatch_ready(self) -> float | None:
+        """Dispatch what is ready; return how long to wait for company, or None to wait for an event."""
+        assert self._loop is not None
+        while len(self._inflight) < 2 and self.queue_items:
+            now = self._loop.time()
+            cls = self._pick_class(now)
+            items, full, oldest = self._plan(cls)
+            idle = not self._inflight
+            if full or (idle and now >= oldest + self._max_wait):
+                self._dispatch(items, cls, now)
+            else:  # a partial batch only goes to an idle worker, so a busy one gets a fuller batch next
+                return oldest + self._max_wait - now if idle else None
+        return None
+
+    def _pick_class(self, now: float) -> int:
+        if not self._by_len[BULK]:
+            return INTERACTIVE
+        if not self._by_len[INTERACTIVE]:
+            return BULK
+        starved = now - self._oldest(BULK).arrival >= self._starvation and now - self._last_bulk >= self._starvation
+        return BULK if starved else INTERACTIVE
+
+    def _plan(self, cls: int) -> tuple[list[_Item], bool, float]:
+        """The class's oldest item and its nearest neighbours by length (a contiguous, length-sorted run)."""
+        keys, anchor = self._by_len[cls], self._oldest(cls)
+        lo = hi = bisect_left(keys, (anchor.length, anchor.seq))
+        lens = [anchor.length]
+        full = self._cost(lens) >= self.max_batch_tokens  # full means: no more company would fit
+        down_ok, up_ok = lo > 0, hi + 1 < len(keys)
+        while len(lens) < self.max_batch_size and (down_ok or up_ok):
+            # the closer length wins; ties go to the shorter item, which never raises the padding
+            down = down_ok and (not up_ok or anchor.length - keys[lo - 1][0] <= keys[hi + 1][0] - anchor.length)
+            j = lo - 1 if down else hi + 1
+            if self._cost(lens + [keys[j][0]]) <= self.max_batch_tokens:
+                lens.append(keys[j][0])
+                lo, hi = (j, hi) if down else (lo, j)
+                down_ok, up_ok = (lo > 0, up_ok) if down else (down_ok, hi + 1 < len(keys))
+            else:  # items further out on this side cost at least as much
+                full = True
+                down_ok, up_ok = (False, up_ok) if down else (down_ok, False)
+        return [k[2] for k in keys[lo : hi + 1]], full or len(lens) >= self.max_batch_size, anchor.arrival
+
+    def _dispatch(self, items: list[_Item], cls: int, now: float) -> None:
+        for it in items:
+            self._unqueue(it)
+        items = [it for it in items if not it.req.future.done()]  # cancelled between task.cancel() and cleanup
+        if not items:
+            return
+        if cls == BULK:
+            self._last_bulk = now
+        job = _Job(items, now, preemptible=cls == BULK and not self._by_len[INTERACTIVE])
+        self._inflight.append(job)
+        self._jobs.put(job)
+
+    def _on_dispatcher_exit(self, task: asyncio.Task[None]) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # a bug here would otherwise leave every request hanging
+            log.error("batcher dispatcher crashed", exc_info=exc)
+            self._on_death(exc)
+
+    # worker thread and its results
+
+    def _work(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                with self._lock:
+                    if job.state != _PENDING:
+                        continue
+                    job.state = _RUNNING
+                t0 = time.perf_counter()
+                outcomes, splits = self._compute([it.ids for it in job.items])
+                self._post(self._finish, job, outcomes, splits, time.perf_counter() - t0)
+        except BaseException as exc:  # SystemExit and the like from run_batch: this thread is gone
+            log.error("batcher worker died", exc_info=exc)
+            self._post(self._on_death, exc)
+
+    def _compute(self, ids: list[Sequence[int]]) -> tuple[list[Any], int]:
+        """Outcomes per item (results or `_Failed`) and the number of out-of-memory splits."""
+        try:
+            out = self._run_batch(ids)
+            if len(out) != len(ids):
+                raise RuntimeError(f"run_batch returned {len(out)} results for {len(ids)} inputs")
+            return list(out), 0
+        except Exception as exc:  # noqa: BLE001 -- any encoder error belongs to this batch's requests only
+            if len(ids) > 1 and self._is_oom(exc):  # halves may fit where the whole did not
+                mid = len(ids) // 2
+                (a, sa), (b, sb) = self._compute(ids[:mid]), self._compute(ids[mid:])
+                return a + b, sa + sb + 1
+            return [_Failed(exc)] * len(ids), 0
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _finish(self, job: _Job, outcomes: list[Any], splits: int, compute_s: float) -> None:
+        if job in self._inflight:
+            self._inflight.remove(job)
+        self._wake.set()
+        real = sum(it.length for it in job.items)
+        if compute_s > 0:
+            rate = real / compute_s
+            self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+        for it, out in zip(job.items, outcomes):
+            req = it.req
+            if req.future.done():
+                continue
+            if isinstance(out, _Failed):
+                self._settle(req, exc=out.exc)  # its other queued items go too
+                continue
+            req.results[it.index] = out
+            req.left -= 1
+            if req.left == 0:
+                self._settle(req, result=req.results)
+        if self._on_batch is not None:
+            counts = {c: sum(it.priority == c for it in job.items) for c in (INTERACTIVE, BULK)}
+            lens = [it.length for it in job.items]
+            waits = [job.dispatched - it.arrival for it in job.items]
+            stats = BatchStats(len(lens), real, self._cost(lens), waits, compute_s, counts, splits)
+            try:
+                self._on_batch(stats)
+            except Exception:
+                log.exception("batch observer failed")
+
+    def _on_death(self, exc: BaseException) -> None:
+        if self._death is not None:
+            return
+        self._death = exc
+        self._jobs.put(None)  # if the dispatcher died, let the worker thread end too
+
+        def died() -> WorkerDied:
+            err = WorkerDied(f"encoder worker died: {exc!r}")
+            err.__cause__ = exc
+            return err
+
+        self._fail_all(died)
+        self._wake.set()

@@ -1,0 +1,122 @@
+"""The server's live parts (encoder, batcher, service, metrics, cache) and its life cycle: load -> warm -> ready ->
+drain. Handlers reach it through `get_runtime`, never through globals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from fastapi import Request
+
+from app.batcher import Batcher, BatchStats
+from app.cache import EmbeddingCache
+from app.metrics import Metrics
+from app.service import EmbeddingService
+from app.settings import DEFAULT_MODEL, Settings
+
+log = logging.getLogger("app")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, encoder=None, on_fatal: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.encoder = encoder
+        self.metrics = Metrics()
+        self.cache = EmbeddingCache(settings.cache_bytes)
+        self.batcher: Batcher | None = None
+        self.service: EmbeddingService | None = None
+        self.ready = False
+        self.draining = False
+        self.fatal: str | None = None
+        self.on_fatal = on_fatal
+        self.created = int(time.time())
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def model_name(self) -> str:
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        return "all-MiniLM-L6-v2" if self.settings.model == DEFAULT_MODEL else self.settings.model
+
+    @property
+    def alive(self) -> bool:
+        """Liveness: no fatal error, and the worker thread (once started) is still running."""
+        return self.fatal is None and (self.batcher is None or self.batcher.alive)
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+        self.metrics.in_flight.set(self.in_flight)
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+        if self.in_flight == 0:
+            self.idle.set()
+
+    def _load(self):
+        from model.encoder import Encoder
+
+        s = self.settings
+        return Encoder.load(s.model, device=s.device, dtype=s.dtype, max_input_tokens=s.max_input_tokens,
+                            revision=s.revision, compile=s.compile)
+
+    async def start(self) -> None:
+        """Load (unless an encoder was given), warm up, start the batcher; then, and only then, report ready."""
+        try:
+            if self.encoder is None:
+                self.encoder = await asyncio.to_thread(self._load)
+            await asyncio.to_thread(self.encoder.warmup)
+        except Exception as exc:  # a model that cannot load ends the process with one line
+            self.fatal = f"model failed to load: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            log.error(self.fatal)
+            if self.on_fatal is not None:
+                self.on_fatal(self.fatal)
+            return
+        s, info = self.settings, self.encoder.info
+        self.batcher = Batcher(
+            self.encoder.pooled,
+            cost=self.encoder.batch_cost,
+            max_batch_tokens=s.max_batch_tokens,
+            max_batch_size=s.max_batch_size,
+            max_wait_ms=s.max_wait_ms,
+            max_queue_tokens=s.max_queue_tokens,
+            is_out_of_memory=self.encoder.is_out_of_memory,
+            on_batch=self._on_batch,
+        )
+        await self.batcher.start()
+        self.service = EmbeddingService(self.encoder, self.batcher, s, self.metrics, self.cache)
+        self.metrics.model_info.labels(
+            self.model_name, info.model_type, info.device, info.dtype, str(info.max_input_tokens), str(info.hidden_size)
+        ).set(1)
+        self.ready = True
+        log.info("ready: %s on %s (%s), max %d tokens per input", self.model_name, info.device, info.dtype,
+                 info.max_input_tokens)
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        self.metrics.observe_batch(stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s,
+                                   stats.compute_s)
+        self.metrics.queue_depth.set(self.batcher.queue_items)
+        self.metrics.queue_tokens.set(self.batcher.queue_tokens)
+
+    async def drain(self) -> None:
+        """Stop taking work, answer everything admitted (within the grace period), stop the worker."""
+        self.draining = True
+        self.ready = False
+        grace = self.settings.shutdown_grace_s
+        deadline = asyncio.get_running_loop().time() + grace
+        if self.batcher is not None:
+            await self.batcher.drain(grace)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        try:  # responses still being written after their items were computed
+            await asyncio.wait_for(self.idle.wait(), remaining)
+        except TimeoutError:
+            log.warning("shutdown grace period over with %d requests unanswered", self.in_flight)
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime

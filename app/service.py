@@ -1,0 +1,207 @@
+"""What a request for embeddings goes through: validate -> prefix and tokenize -> length rules -> cache -> batcher ->
+Matryoshka/normalise -> encode. HTTP-free, so the rules read in one place; the routes only translate."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.batcher import Batcher, DeadlineExceeded, Draining, Overloaded, WorkerDied
+from app.cache import EmbeddingCache
+from app.errors import APIError
+from app.metrics import Metrics
+from app.schemas import INPUT_TYPE_ALIASES, EmbeddingRequest
+from app.settings import Settings
+
+INTERACTIVE_MAX_INPUTS = 8  # requests this small (and short) jump ahead of bulk work
+INTERACTIVE_MAX_TOKENS = 1024
+
+
+@dataclass
+class Prepared:
+    """One input, ready for the batcher: its windows (one unless chunked) and its cache key."""
+
+    windows: list[list[int]]
+    tokens: int
+    cache_key: tuple | None = None
+    vector: np.ndarray | None = None  # set on a cache hit
+
+
+@dataclass
+class EmbeddingResult:
+    vectors: list[np.ndarray]
+    prompt_tokens: int
+
+
+class EmbeddingService:
+    def __init__(self, encoder, batcher: Batcher, settings: Settings, metrics: Metrics, cache: EmbeddingCache):
+        self.encoder, self.batcher, self.settings, self.metrics, self.cache = encoder, batcher, settings, metrics, cache
+        self.info = encoder.info
+
+    # ---- request rules ----------------------------------------------------------------------------------------
+    def prefix_for(self, input_type: str | None) -> tuple[str, str]:
+        """(task name, prefix) for a request's input_type, or the server default."""
+        name = input_type or self.settings.default_input_type
+        if name is None:
+            return "", ""
+        name = INPUT_TYPE_ALIASES.get(name, name)
+        prompts = self.info.prompts
+        if name not in prompts:
+            known = ", ".join(sorted(prompts)) or "none"
+            raise APIError(400, f"Unknown input_type '{name}' for this model (known: {known})", param="input_type",
+                           code="invalid_input_type")
+        return name, prompts[name]
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        if dimensions is not None and not 1 <= dimensions <= self.info.hidden_size:
+            raise APIError(400, f"dimensions must be between 1 and {self.info.hidden_size}, got {dimensions}",
+                           param="dimensions", code="invalid_value")
+
+    @staticmethod
+    def check_texts(texts: Sequence[str]) -> None:
+        """Empty strings, NUL bytes and lone surrogates (valid JSON escapes, but not text) are refused."""
+        for i, text in enumerate(texts):
+            if not text:
+                raise APIError(400, f"Input {i} is an empty string", param="input", code="empty_input")
+            if "\x00" in text:
+                raise APIError(400, f"Input {i} contains a NUL character", param="input", code="invalid_text")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, f"Input {i} contains a lone surrogate (not valid Unicode text)", param="input",
+                               code="invalid_text") from None
+
+    @staticmethod
+    def split_input(raw) -> tuple[list[str] | None, list[list[int]] | None]:
+        """OpenAI's four input shapes -> texts or token-id lists."""
+        if isinstance(raw, str):
+            return [raw], None
+        if isinstance(raw[0], str):
+            return list(raw), None
+        if isinstance(raw[0], int):
+            return None, [list(raw)]
+        return None, [list(x) for x in raw]
+
+    async def tokenize(self, texts: Sequence[str], prefix: str) -> list[list[int]]:
+        if self.encoder.tokenizer is None:
+            raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
+        return await asyncio.to_thread(self.encoder.tokenize, texts, prefix)
+
+    def fit(self, ids: list[int], index: int, mode: str) -> list[list[int]]:
+        limit = self.info.max_input_tokens
+        if len(ids) <= limit:
+            return [ids]
+        if mode == "truncate":
+            return [self.encoder.truncate(ids)]
+        if mode == "chunk":
+            return self.encoder.windows(ids)
+        raise APIError(
+            400,
+            f"Input {index} has {len(ids)} tokens, over this model's maximum of {limit}. Shorten it, or set "
+            "long_input to 'truncate' or 'chunk'.",
+            param="input", code="context_length_exceeded",
+        )
+
+    async def prepare(self, req: EmbeddingRequest) -> list[Prepared]:
+        texts, id_lists = self.split_input(req.input)
+        n = len(texts if texts is not None else id_lists)
+        if n > self.settings.max_inputs_per_request:
+            raise APIError(400, f"Too many inputs: {n}, the maximum is {self.settings.max_inputs_per_request}",
+                           param="input", code="too_many_inputs")
+        self.check_dimensions(req.dimensions)
+        task, prefix = self.prefix_for(req.input_type) if texts is not None else ("", "")
+        mode = req.long_input or self.settings.long_input
+        keys: list[tuple] = []
+        if texts is not None:
+            self.check_texts(texts)
+            keys = [(self.info.name, task, text, req.dimensions, mode) for text in texts]
+        else:
+            for i, ids in enumerate(id_lists):
+                if not ids:
+                    raise APIError(400, f"Input {i} is an empty token list", param="input", code="empty_input")
+                bad = next((t for t in ids if not 0 <= t < self.info.vocab_size), None)
+                if bad is not None:
+                    raise APIError(400, f"Input {i} has token id {bad}, outside the vocabulary [0, "
+                                   f"{self.info.vocab_size})", param="input", code="invalid_token_id")
+            keys = [(self.info.name, "", tuple(ids), req.dimensions, mode) for ids in id_lists]
+
+        prepared = [Prepared([], 0, key) for key in keys]
+        if self.cache.enabled:
+            for p in prepared:
+                p.vector = self.cache.get(p.cache_key)
+            hits = sum(p.vector is not None for p in prepared)
+            self.metrics.cache_hits.inc(hits)
+            self.metrics.cache_misses.inc(len(prepared) - hits)
+        todo = [i for i, p in enumerate(prepared) if p.vector is None]
+        if texts is not None and todo:
+            ids_todo = await self.tokenize([texts[i] for i in todo], prefix)
+        else:
+            ids_todo = [id_lists[i] for i in todo] if id_lists is not None else []
+        total = 0
+        for i, ids in zip(todo, ids_todo):
+            prepared[i].windows = self.fit(ids, i, mode)
+            prepared[i].tokens = sum(len(w) for w in prepared[i].windows)
+            total += prepared[i].tokens
+        if total > self.settings.max_tokens_per_request:
+            raise APIError(400, f"The request has {total} tokens, over the per-request maximum of "
+                           f"{self.settings.max_tokens_per_request}", param="input", code="max_tokens_per_request")
+        return prepared
+
+    # ---- the work ---------------------------------------------------------------------------------------------
+    async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
+        prepared = await self.prepare(req)
+        items = [w for p in prepared if p.vector is None for w in p.windows]
+        if items:
+            priority = {"interactive": 0, "bulk": 1}.get(req.priority or "", None)
+            if priority is None:
+                small = len(items) <= INTERACTIVE_MAX_INPUTS and sum(map(len, items)) <= INTERACTIVE_MAX_TOKENS
+                priority = 0 if small else 1
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.request_timeout_s
+            pooled = await self.submit(items, priority, deadline)
+            at = 0
+            for p in prepared:
+                if p.vector is not None:
+                    continue
+                rows = pooled[at : at + len(p.windows)]
+                at += len(p.windows)
+                # chunked: the token-weighted mean of the windows' means is the mean over all their tokens
+                weights = np.array([len(w) for w in p.windows], dtype=np.float32)[:, None]
+                mean = (np.stack(rows) * weights).sum(0) / weights.sum() if len(rows) > 1 else rows[0]
+                p.vector = self.encoder.finish(mean[None, :], req.dimensions)[0]
+                if self.cache.enabled:
+                    self.cache.put(p.cache_key, p.vector)
+            if self.cache.enabled:
+                self.metrics.cache_bytes.set(self.cache.bytes)
+        tokens = sum(p.tokens for p in prepared)
+        self.metrics.tokens.inc(tokens)
+        self.metrics.embeddings.inc(len(prepared))
+        return EmbeddingResult([p.vector for p in prepared], tokens)
+
+    async def submit(self, items: list[list[int]], priority: int, deadline: float) -> list[np.ndarray]:
+        try:
+            return await self.batcher.submit(items, priority=priority, deadline=deadline)
+        except Overloaded as exc:
+            self.metrics.rejected.labels("overloaded").inc()
+            retry = str(max(1, round(exc.retry_after)))
+            raise APIError(429, "The server is overloaded; retry after the Retry-After seconds",
+                           code="overloaded", headers={"Retry-After": retry}) from None
+        except Draining:
+            self.metrics.rejected.labels("draining").inc()
+            raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"}) from None
+        except DeadlineExceeded:
+            self.metrics.rejected.labels("timeout").inc()
+            raise APIError(503, f"The request waited over {self.settings.request_timeout_s:g} s in the queue and "
+                           "was dropped", code="queue_timeout", headers={"Retry-After": "1"}) from None
+        except WorkerDied:
+            raise APIError(503, "The encoder worker is not running", code="worker_died") from None
+
+
+def encode_vectors(vectors: list[np.ndarray], encoding_format: str) -> list:
+    if encoding_format == "base64":  # little-endian float32, what the openai SDK decodes
+        return [base64.b64encode(v.astype("<f4", copy=False).tobytes()).decode("ascii") for v in vectors]
+    return list(vectors)  # float32 arrays; orjson writes them directly (OPT_SERIALIZE_NUMPY)
