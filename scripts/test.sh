@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up .venv with the test extras, install the test suite's system tools, run the whole suite.
+# Extra arguments go to pytest: bash scripts/test.sh tests/model -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS=test bash scripts/setup.sh
+# promtool and a real Prometheus for the metrics and deployment checks (Debian package `prometheus`)
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 \
+      || echo "warning: could not install prometheus (promtool); tests that need it will fail" >&2
+  fi
+fi
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
