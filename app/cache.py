@@ -15,7 +15,7 @@ class EmbeddingCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[np.ndarray, int]] = OrderedDict()  # key -> (vector, tokens)
 
     @property
     def enabled(self) -> bool:
@@ -30,20 +30,21 @@ class EmbeddingCache:
         key_bytes = len(text) * 4 if isinstance(text, str) else len(text) * 8
         return vector.nbytes + key_bytes + ENTRY_OVERHEAD
 
-    def get(self, key: Hashable) -> np.ndarray | None:
-        vector = self._entries.get(key)
-        if vector is not None:
+    def get(self, key: Hashable) -> tuple[np.ndarray, int] | None:
+        """(vector, the input's token count for usage), or None."""
+        entry = self._entries.get(key)
+        if entry is not None:
             self._entries.move_to_end(key)
-        return vector
+        return entry
 
-    def put(self, key: Hashable, vector: np.ndarray) -> None:
+    def put(self, key: Hashable, vector: np.ndarray, tokens: int) -> None:
         size = self._size(key, vector)
         if not self.enabled or size > self.max_bytes or key in self._entries:
             return
         vector = vector.copy()
         vector.flags.writeable = False  # shared between responses: never mutated
-        self._entries[key] = vector
+        self._entries[key] = (vector, tokens)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            old_key, old = self._entries.popitem(last=False)
+            old_key, (old, _) = self._entries.popitem(last=False)
             self.bytes -= self._size(old_key, old)

@@ -48,8 +48,9 @@ class EmbeddingService:
         name = input_type or self.settings.default_input_type
         if name is None:
             return "", ""
-        name = INPUT_TYPE_ALIASES.get(name, name)
         prompts = self.info.prompts
+        if name not in prompts:  # the model's own names win; otherwise the common aliases
+            name = INPUT_TYPE_ALIASES.get(name, name)
         if name not in prompts:
             known = ", ".join(sorted(prompts)) or "none"
             raise APIError(400, f"Unknown input_type '{name}' for this model (known: {known})", param="input_type",
@@ -132,7 +133,9 @@ class EmbeddingService:
         prepared = [Prepared([], 0, key) for key in keys]
         if self.cache.enabled:
             for p in prepared:
-                p.vector = self.cache.get(p.cache_key)
+                hit = self.cache.get(p.cache_key)
+                if hit is not None:
+                    p.vector, p.tokens = hit
             hits = sum(p.vector is not None for p in prepared)
             self.metrics.cache_hits.inc(hits)
             self.metrics.cache_misses.inc(len(prepared) - hits)
@@ -174,7 +177,7 @@ class EmbeddingService:
                 mean = (np.stack(rows) * weights).sum(0) / weights.sum() if len(rows) > 1 else rows[0]
                 p.vector = self.encoder.finish(mean[None, :], req.dimensions)[0]
                 if self.cache.enabled:
-                    self.cache.put(p.cache_key, p.vector)
+                    self.cache.put(p.cache_key, p.vector, p.tokens)
             if self.cache.enabled:
                 self.metrics.cache_bytes.set(self.cache.bytes)
         tokens = sum(p.tokens for p in prepared)
