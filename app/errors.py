@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("app")
 
 TYPES = {
     400: "invalid_request_error",
@@ -78,9 +75,3 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             return error_response(405, f"Method {request.method} not allowed on {request.url.path}", code="method_not_allowed")
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def server_fault(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.scope.get("state", {}).get("request_id", "-")
-        log.exception("request %s failed: %s", request_id, exc)
-        return error_response(500, f"Internal server error (request id {request_id})", code="internal_error")

@@ -12,6 +12,7 @@ import uuid
 from app.errors import APIError, error_body
 
 access_log = logging.getLogger("app.access")
+error_log = logging.getLogger("app")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -31,10 +32,12 @@ class RequestMiddleware:
         status = 500
         rt = self.runtime
 
+        started = False
+
         async def send_wrapper(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
@@ -57,6 +60,11 @@ class RequestMiddleware:
                 await self._reject(send_wrapper, 413, f"Request body over {self.max_body_bytes} bytes", "body_too_large")
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception as exc:  # a real server fault: OpenAI-shaped 500, logged with the request id
+            error_log.exception("request %s failed: %s", request_id, exc)
+            if started:  # too late for an error response
+                raise
+            await self._reject(send_wrapper, 500, f"Internal server error (request id {request_id})", "internal_error")
         finally:
             rt.request_finished()
             elapsed = time.perf_counter() - start
