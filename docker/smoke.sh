@@ -76,7 +76,7 @@ model=$(curl -fsS "$api/v1/models" | grep -o '"id" *: *"[^"]*"' | head -n 1 | se
 [ -n "$model" ] || fail "no model in GET /v1/models"
 response=$(curl -fsS "$api/v1/embeddings" -H 'Content-Type: application/json' \
     -d "{\"model\": \"$model\", \"input\": [\"hello world\", \"smoke test\"]}")
-count=$(grep -o '"embedding"' <<<"$response" | wc -l)
+count=$(grep -o '"embedding" *: *\[' <<<"$response" | wc -l)
 [ "$count" -eq 2 ] || fail "expected 2 embeddings, got: ${response:0:300}"
 echo "2 embeddings from $model"
 
