@@ -1,0 +1,63 @@
+"""Runner for transformers' native `nomic_bert` (its own venv under bench/.venvs/transformers). Speaks
+`common.serve`. Inputs are token ids; a batch is right-padded with an attention mask, as transformers expects."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from transformers import AutoModel  # noqa: E402
+
+state: dict = {}
+
+
+def load(model: str, dtype: str = "float32", threads: int | None = None) -> dict:
+    net = AutoModel.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+    if threads:
+        torch.set_num_threads(threads)
+    state["model"] = net
+    return {
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "class": type(net).__name__,
+        "attn_implementation": getattr(net.config, "_attn_implementation", None),
+        "versions": {"python": platform.python_version(), **common.versions("torch", "transformers", "safetensors")},
+    }
+
+
+@torch.inference_mode()
+def _embed(batch: list[list[int]]) -> torch.Tensor:
+    """(B, E) mean-pooled, L2-normalised vectors of one padded batch."""
+    longest = max(len(s) for s in batch)
+    ids = torch.zeros(len(batch), longest, dtype=torch.long)
+    mask = torch.zeros(len(batch), longest, dtype=torch.long)
+    for i, seq in enumerate(batch):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    hidden = state["model"](input_ids=ids, attention_mask=mask).last_hidden_state  # (B, S, E)
+    m = mask[..., None].to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1)
+    return F.normalize(pooled.float(), dim=-1)
+
+
+def embed_ids(batch: list[list[int]]) -> dict:
+    return {"vectors": _embed(batch).tolist()}
+
+
+def time_ids(batches: list[list[list[int]]], warmup: int, reps: int, max_s: float) -> dict:
+    def run() -> None:
+        for batch in batches:
+            _embed(batch)
+
+    times = common.timed(run, warmup, reps, max_s)
+    return {"times": times, "tokens": sum(len(s) for b in batches for s in b), "n": sum(len(b) for b in batches)}
+
+
+if __name__ == "__main__":
+    common.serve({"load": load, "embed_ids": embed_ids, "time_ids": time_ids})

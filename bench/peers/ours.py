@@ -1,0 +1,96 @@
+"""Runner for our encoder (the project's own venv, PYTHONPATH = the repository). Speaks `common.serve`."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import torch  # noqa: E402
+
+from model.encoder import Encoder  # noqa: E402
+
+HUGE = 1 << 40  # a max_batch_tokens that never splits: the bench decides the batches
+state: dict = {}
+
+
+def load(model: str, dtype: str = "float32", compile: bool = False, threads: int | None = None) -> dict:
+    enc = Encoder.load(model, device="cpu", dtype=dtype, compile=compile)
+    if threads:
+        torch.set_num_threads(threads)
+    state["enc"] = enc
+    return {
+        "dtype": enc.info.dtype,
+        "threads": torch.get_num_threads(),
+        "compile": compile,
+        "versions": {"python": platform.python_version(), **common.versions("torch", "tokenizers", "numpy")},
+    }
+
+
+def _enc() -> Encoder:
+    return state["enc"]
+
+
+def embed_texts(texts: list[str]) -> dict:
+    enc = _enc()
+    return {"vectors": enc.embed(enc.tokenize(texts), max_batch_tokens=HUGE).tolist()}
+
+
+def embed_ids(batch: list[list[int]]) -> dict:
+    return {"vectors": _enc().embed(batch, max_batch_tokens=HUGE).tolist()}
+
+
+def time_texts(texts: list[str], batch_size: int, warmup: int, reps: int, max_s: float) -> dict:
+    """Text in, normalised vectors out, `batch_size` texts per forward. Like sentence-transformers' encode(), the
+    texts are first sorted longest first (by characters) and cut into batches in that order."""
+    enc = _enc()
+    ordered = sorted(texts, key=len, reverse=True)
+    chunks = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+    def run() -> None:
+        for chunk in chunks:
+            enc.embed(enc.tokenize(chunk), max_batch_tokens=HUGE)
+
+    times = common.timed(run, warmup, reps, max_s)
+    tokens = sum(len(ids) for ids in enc.tokenize(texts))
+    return {"times": times, "tokens": tokens, "n": len(texts)}
+
+
+def time_ids(batches: list[list[list[int]]], warmup: int, reps: int, max_s: float) -> dict:
+    """Token ids in, one forward per given batch (no re-batching), normalised vectors out."""
+    enc = _enc()
+
+    def run() -> None:
+        for batch in batches:
+            enc.embed(batch, max_batch_tokens=HUGE)
+
+    times = common.timed(run, warmup, reps, max_s)
+    return {"times": times, "tokens": sum(len(s) for b in batches for s in b), "n": sum(len(b) for b in batches)}
+
+
+def flops(lengths: list[int]) -> dict:
+    """Matmul FLOPs of one forward over sequences of these lengths (the model's own count)."""
+    model = _enc().model
+    return {"flops": float(sum(n * model.flops_per_token(n) for n in lengths))}
+
+
+def matmul_peak(n: int = 4096, dtype: str = "float32", max_s: float = 4.0, threads: int | None = None) -> dict:
+    """This machine's dense matmul rate: torch.mm on n x n operands, best and median of the timed calls."""
+    if threads:
+        torch.set_num_threads(threads)
+    dt = getattr(torch, dtype)
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    out = torch.empty(n, n, dtype=dt)
+    times = common.timed(lambda: torch.mm(a, b, out=out), warmup=1, reps=50, max_s=max_s, min_reps=3)
+    work = 2.0 * n**3
+    return {"best_flops": work / min(times), "median_flops": work / statistics.median(times), "n": n,
+            "threads": torch.get_num_threads(), "reps": len(times)}
+
+
+if __name__ == "__main__":
+    common.serve({"load": load, "embed_texts": embed_texts, "embed_ids": embed_ids, "time_texts": time_texts,
+                  "time_ids": time_ids, "flops": flops, "matmul_peak": matmul_peak})

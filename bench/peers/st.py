@@ -1,0 +1,45 @@
+"""Runner for sentence-transformers (its own venv under bench/.venvs/st). Speaks `common.serve`."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import torch  # noqa: E402
+from sentence_transformers import SentenceTransformer  # noqa: E402
+
+state: dict = {}
+
+
+def load(model: str, dtype: str = "float32", threads: int | None = None) -> dict:
+    st = SentenceTransformer(model, device="cpu")
+    st = st.to(getattr(torch, dtype))
+    if threads:
+        torch.set_num_threads(threads)
+    state["st"] = st
+    return {
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(),
+                     **common.versions("torch", "transformers", "sentence-transformers", "tokenizers", "numpy")},
+    }
+
+
+def embed_texts(texts: list[str]) -> dict:
+    return {"vectors": state["st"].encode(texts, batch_size=len(texts), normalize_embeddings=True).tolist()}
+
+
+def time_texts(texts: list[str], batch_size: int, warmup: int, reps: int, max_s: float) -> dict:
+    st = state["st"]
+    # The all-MiniLM pipeline ends in a Normalize module already; normalize_embeddings keeps it explicit for others.
+    times = common.timed(lambda: st.encode(texts, batch_size=batch_size, normalize_embeddings=True), warmup, reps,
+                         max_s)
+    return {"times": times, "n": len(texts)}
+
+
+if __name__ == "__main__":
+    common.serve({"load": load, "embed_texts": embed_texts, "time_texts": time_texts})
