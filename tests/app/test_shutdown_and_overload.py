@@ -1,0 +1,132 @@
+"""Graceful shutdown on SIGTERM and a bounded overload test, against `python -m app` with the real MiniLM.
+
+The overload test measures capacity first, then offers about twice that for a fixed time (<= 12 s) and a fixed
+request cap, on 127.0.0.1 only. It writes its figures to $TMPDIR/overload-report.json and prints them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tests.app.conftest import server_process
+
+TEXTS = [f"Request number {i}: the quick brown fox jumps over the lazy dog near the river bank." for i in range(50)]
+BODIES = [" ".join(TEXTS[i : i + 4]) for i in range(48)]  # ~60 tokens each
+
+
+def request_inputs(k: int) -> list[str]:
+    return [BODIES[(k + j) % len(BODIES)] for j in range(4)]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_sigterm_drains_admitted_work_and_exits_zero():
+    with server_process("--shutdown-grace-s", "30", "--max-batch-size", "16") as server:
+        url = f"{server.base}/v1/embeddings"
+        body = {"input": [t * 3 for t in TEXTS[:48]]}
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=60) as client:
+                admitted = [asyncio.create_task(client.post(url, json=body)) for _ in range(10)]
+                await asyncio.sleep(0.5)  # all ten are now queued or running
+                start = time.monotonic()
+                server.proc.send_signal(signal.SIGTERM)
+                ready = None
+                while time.monotonic() - start < 2:
+                    ready = await client.get(f"{server.base}/ready")
+                    if ready.status_code == 503:
+                        break
+                ready_after = time.monotonic() - start
+                late = await client.post(url, json={"input": "too late"})
+                return await asyncio.gather(*admitted), ready, ready_after, late
+
+        answered, ready, ready_after, late = asyncio.run(scenario())
+        assert ready.status_code == 503 and ready.json()["status"] == "draining" and ready_after < 1.0
+        assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
+        assert [r.status_code for r in answered] == [200] * 10
+        assert all(len(r.json()["data"]) == 48 for r in answered)
+        start = time.monotonic()
+        assert server.proc.wait(35) == 0
+        assert time.monotonic() - start < 30
+
+
+def test_overload_gives_429s_not_failures(minilm):
+    """Requests of 4 medium texts (~250 tokens) keep the server compute-bound, so the test measures the queue
+    bound rather than the load generator's own CPU (client and server share these 2 cores)."""
+    reference = {t: v for t, v in zip(BODIES, minilm.embed(minilm.tokenize(BODIES)))}
+    args = ("--max-queue-tokens", "2000", "--max-batch-tokens", "1024", "--request-timeout-s", "30")
+    with server_process(*args) as server:
+        url = f"{server.base}/v1/embeddings"
+        rss_before = rss_mb(server.proc.pid)
+
+        async def closed_loop(seconds: float, concurrency: int) -> float:
+            done = 0
+            stop = time.monotonic() + seconds
+
+            async def worker(client, k):
+                nonlocal done
+                while time.monotonic() < stop:
+                    r = await client.post(url, json={"input": request_inputs(k)})
+                    assert r.status_code == 200
+                    done += 1
+
+            async with httpx.AsyncClient(timeout=30) as client:
+                await asyncio.gather(*(worker(client, k) for k in range(concurrency)))
+            return done / seconds
+
+        async def open_loop(rate: float, seconds: float, cap: int):
+            results = []
+            limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+            async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+                async def one(k):
+                    start = time.monotonic()
+                    texts = request_inputs(k)
+                    r = await client.post(url, json={"input": texts, "encoding_format": "float"})
+                    results.append((texts, r, time.monotonic() - start))
+
+                tasks, start = [], time.monotonic()
+                for k in range(cap):
+                    due = start + k / rate
+                    if due - start > seconds:
+                        break
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    tasks.append(asyncio.create_task(one(k)))
+                await asyncio.gather(*tasks)
+            return results
+
+        capacity = asyncio.run(closed_loop(3.0, 8))
+        results = asyncio.run(open_loop(2 * capacity, seconds=10.0, cap=4000))
+        rss_after = rss_mb(server.proc.pid)
+
+    statuses = [r.status_code for _, r, _ in results]
+    ok = [(t, r, s) for t, r, s in results if r.status_code == 200]
+    refused = [r for _, r, _ in results if r.status_code == 429]
+    latencies = sorted(s for _, _, s in ok)
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    report = {"capacity_rps": round(capacity, 1), "offered_rps": round(2 * capacity, 1), "sent": len(results),
+              "ok": len(ok), "refused_429": len(refused), "failed": len(results) - len(ok) - len(refused),
+              "admitted_p99_s": round(p99, 3), "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1)}
+    Path(os.environ.get("TMPDIR", "/tmp"), "overload-report.json").write_text(json.dumps(report))
+    print("overload:", report)
+    assert all(s in (200, 429) for s in statuses), sorted(set(statuses))
+    assert refused, "twice the capacity should have filled the queue"
+    assert all(int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["type"] == "rate_limit_error" for r in refused)
+    for texts, r, _ in ok:
+        got = [d["embedding"] for d in r.json()["data"]]
+        np.testing.assert_allclose(got, [reference[t] for t in texts], atol=1e-5)
+    # The stated bound: the queue limit (2,000 tokens) plus two 1,024-token batches in flight is ~1.5 s of work at
+    # the measured capacity; the load generator shares the 2 cores, so allow 5 s. Measured here: 2.2-2.7 s.
+    assert p99 < 5.0
+    assert rss_after - rss_before < 200
