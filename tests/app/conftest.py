@@ -111,3 +111,10 @@ def minilm_server():
 def nomic_server():
     with server_process("--model", str(NOMIC / "nomic-text-tiny"), "--served-model-name", "nomic-tiny") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def api_schema(nomic_server):
+    import schemathesis
+
+    return schemathesis.openapi.from_url(f"{nomic_server.base}/openapi.json")
