@@ -3,7 +3,7 @@
 # Extra arguments go to pytest: bash scripts/test.sh tests/model -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=test bash scripts/setup.sh
+EXTRAS=test,ray bash scripts/setup.sh
 # promtool and a real Prometheus for the metrics and deployment checks (Debian package `prometheus`)
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
