@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-WORDS = (
+WORDS = (  # noqa: SIM905 - a word list reads better as text
     "the of and to in is was for on that with as by at from his her an which are were this be has had not or it "
     "they their have one its new after first who also been into two more other time some only over such than "
     "people year city world state school system water music river family government between during under while "

@@ -8,6 +8,7 @@ import select
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -69,7 +70,7 @@ class Runner:
                 self.proc.wait()
         self._log.close()
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

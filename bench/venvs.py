@@ -68,7 +68,8 @@ def ensure(peer: Peer, timeout_s: float = 1200) -> Path:
             out.write(f"$ {' '.join(cmd)}\n")
             out.flush()
             try:
-                rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+                done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
+                rc = done.returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
             if rc != 0:
@@ -84,7 +85,8 @@ def peer_versions(peer: Peer, *dists: str) -> dict[str, str | None]:
         "def v(n):\n  try: return version(n)\n  except PackageNotFoundError: return None\n"
         "print(json.dumps({n: v(n) for n in sys.argv[1:]}))"
     )
-    out = subprocess.run([str(peer.python), "-c", code, *dists], capture_output=True, text=True, timeout=60)
+    cmd = [str(peer.python), "-c", code, *dists]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 

@@ -43,7 +43,7 @@ def serve(handlers: dict[str, Callable[..., dict]]) -> None:
             break
         try:
             answer = {"ok": True, **handlers[op](**job)}
-        except Exception as exc:  # reported to the bench, which decides whether the row is lost or the run
+        except Exception as exc:  # noqa: BLE001 - the bench decides whether the row or the run is lost
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
         out.write(json.dumps(answer) + "\n")
         out.flush()

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from transformers import AutoModel  # noqa: E402
+import common
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
 
 state: dict = {}
 

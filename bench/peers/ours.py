@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
+import torch
 
-import torch  # noqa: E402
-
-from model.encoder import Encoder  # noqa: E402
+from model.encoder import Encoder
 
 HUGE = 1 << 40  # a max_batch_tokens that never splits: the bench decides the batches
 state: dict = {}

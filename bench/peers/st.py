@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import torch  # noqa: E402
-from sentence_transformers import SentenceTransformer  # noqa: E402
+import common
+import torch
+from sentence_transformers import SentenceTransformer
 
 state: dict = {}
 

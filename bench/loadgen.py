@@ -1,0 +1,103 @@
+"""A bounded loopback load generator: `concurrency` workers send POSTs until `max_requests` are done or `max_s` has
+passed, whichever comes first. Only 127.0.0.1 / localhost URLs are accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import httpx
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    embeddings: int
+    elapsed_s: float
+    latencies_s: list[float] = field(repr=False)
+    first_error: str | None = None
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def embeddings_per_s(self) -> float:
+        return self.embeddings / self.elapsed_s if self.elapsed_s else 0.0
+
+    def percentile_ms(self, q: float) -> float | None:
+        if not self.latencies_s:
+            return None
+        if len(self.latencies_s) == 1:
+            return self.latencies_s[0] * 1e3
+        return statistics.quantiles(self.latencies_s, n=1000, method="inclusive")[round(q * 10) - 1] * 1e3
+
+    def summary(self) -> dict:
+        return {"requests": self.requests, "errors": self.errors, "embeddings": self.embeddings,
+                "elapsed_s": round(self.elapsed_s, 3), "requests_per_s": self.requests_per_s,
+                "embeddings_per_s": self.embeddings_per_s, "p50_ms": self.percentile_ms(50),
+                "p95_ms": self.percentile_ms(95), "p99_ms": self.percentile_ms(99), "first_error": self.first_error}
+
+
+def check_loopback(url: str) -> None:
+    host = urlparse(url).hostname
+    if host not in LOOPBACK:
+        raise ValueError(f"load is only ever sent to loopback, not {host!r}")
+
+
+async def run_load(
+    url: str,
+    bodies: list[dict],
+    concurrency: int,
+    max_requests: int,
+    max_s: float,
+    warmup_requests: int = 0,
+    pause_s: float = 0.0,
+) -> LoadResult:
+    """POST `bodies` (cycled) to `url`. `pause_s` sleeps between a worker's requests (an idle server each time)."""
+    check_loopback(url)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as client:
+        warm = itertools.cycle(bodies)
+        for _ in range(warmup_requests):
+            (await client.post(url, json=next(warm))).raise_for_status()
+
+        source = itertools.cycle(bodies)
+        latencies: list[float] = []
+        errors = embeddings = 0
+        first_error: str | None = None
+        issued = 0
+        start = time.perf_counter()
+        deadline = start + max_s
+
+        async def worker() -> None:
+            nonlocal issued, errors, embeddings, first_error
+            while issued < max_requests and time.perf_counter() < deadline:
+                issued += 1
+                body = next(source)
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post(url, json=body)
+                    ok = response.status_code == 200
+                    detail = f"HTTP {response.status_code}: {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    ok, detail = False, f"{type(exc).__name__}: {exc}"
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                    embeddings += len(body["input"]) if isinstance(body["input"], list) else 1
+                else:
+                    errors += 1
+                    first_error = first_error or detail
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start - (pause_s * len(latencies) / concurrency if pause_s else 0.0)
+    return LoadResult(len(latencies), errors, embeddings, elapsed, latencies, first_error)

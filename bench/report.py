@@ -1,0 +1,188 @@
+"""What a run leaves in bench/results/: `<date>-<device>.json`, `<date>-<device>.md` and PNG plots beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+def lscpu() -> dict[str, str]:
+    try:
+        out = subprocess.run(["lscpu"], check=False, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+
+
+def machine(dtype: str, device: str, versions: dict) -> dict:
+    info = lscpu()
+    flags = info.get("Flags", "").split()
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        mem_gib = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {
+        "device": device,
+        "cpu_model": info.get("Model name") or platform.processor(),
+        "cores": len(os.sched_getaffinity(0)),
+        "has_amx": "amx_bf16" in flags,
+        "avx512": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "hypervisor": info.get("Hypervisor vendor"),
+        "memory_gib": mem_gib,
+        "dtype": dtype,
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_commit": commit,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def machine_line(m: dict) -> str:
+    v = m["versions"]
+    parts = [f"{m['cpu_model']}, {m['cores']} cores", f"AMX {'yes' if m['has_amx'] else 'no'}", m["dtype"],
+             f"torch {v.get('torch')}"]
+    for name in ("transformers", "sentence-transformers", "infinity-emb"):
+        if v.get(name):
+            parts.append(f"{name} {v[name]}")
+    if m.get("loadavg_start") is not None:
+        parts.append(f"load avg {m['loadavg_start'][0]:.1f} -> {m.get('loadavg_end', [float('nan')])[0]:.1f}")
+    return "; ".join(parts)
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"# Bench {result['date']} on {m['device']}",
+        "",
+        f"Machine: {machine_line(m)}",
+        "",
+        f"Command: `{result['command']}` (profile `{result['profile']}`, {result['elapsed_s']:.0f} s)",
+        "",
+        "`ratio` = how many times better ours is (ours/peer for rates, peer/ours for latencies).",
+        "",
+        "| scenario | unit | ours | peer | peer value | ratio |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "–"
+        lines.append(f"| {r['scenario']} | {r['unit']} | {fmt(r['ours'])} | {r['peer'] or '–'} | "
+                     f"{fmt(r['peer_value'])} | {ratio} |")
+    if result["checks"]:
+        lines += ["", "## Agreement checks", ""]
+        for c in result["checks"]:
+            lines.append(f"- {c['check']}: min cosine {c['min_cosine']:.6f} ({'pass' if c['pass'] else 'FAIL'})")
+    if result["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    if result.get("plots"):
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in result["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def _series(rows: list[dict], metric: str, key: str, **match) -> dict[str, list[tuple[float, float]]]:
+    """{"ours": [(x, y)], peer: [(x, y)]} for the rows of one metric matching `match` on their params."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        p = r["params"]
+        if p.get("metric") != metric or any(p.get(k) != v for k, v in match.items()):
+            continue
+        out.setdefault("ours", []).append((p[key], r["ours"]))
+        if r["peer_value"] is not None:
+            out.setdefault(r["peer"], []).append((p[key], r["peer_value"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def plots(result: dict, stem: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, written = result["rows"], []
+    m = result["machine"]
+    title_machine = f"{m['cpu_model']}, {m['cores']} cores, {m['dtype']}"
+
+    def save(fig, suffix: str) -> None:
+        path = stem.with_name(f"{stem.name}-{suffix}.png")
+        fig.suptitle(f"{fig._suptitle.get_text() if fig._suptitle else ''}\n{title_machine}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+
+    # throughput vs batch size (in-process MiniLM)
+    kinds = sorted({r["params"]["kind"] for r in rows if r["group"] == "inprocess"})
+    if kinds:
+        fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
+        for ax, kind in zip(axes[0], kinds):
+            for name, pts in _series(rows, "tokens_per_s", "batch_size", kind=kind).items():
+                ax.plot(*zip(*pts), marker="o", label=name)
+            ax.set_xscale("log", base=2)
+            ax.set(title=f"MiniLM in-process, {kind} inputs", xlabel="batch size", ylabel="tokens/s")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle("Throughput vs batch size")
+        save(fig, "throughput-vs-batch")
+
+    # throughput vs sequence length (NomicBert, uniform-length batches)
+    nomic_rows = [r for r in rows if r["group"] == "nomic" and r["params"].get("metric") == "tokens_per_s"
+                  and r["params"].get("kind") != "mixed"]
+    if nomic_rows:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, pts in _series(nomic_rows, "tokens_per_s", "max_len").items():
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="sequence length (tokens)", ylabel="tokens/s", title="NomicBert (full size), one batch per point")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.suptitle("Throughput vs sequence length")
+        save(fig, "throughput-vs-seqlen")
+
+    # latency percentiles vs concurrency (server)
+    kinds = sorted({r["params"]["kind"] for r in rows if r["group"] == "server" and "kind" in r["params"]})
+    if kinds:
+        fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+        for ax, kind in zip(axes[0], kinds):
+            for q, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
+                for (name, pts), color in zip(_series(rows, q, "concurrency", kind=kind).items(), ("C0", "C1")):
+                    ax.plot(*zip(*pts), style, marker="o", color=color, label=f"{name} {q}")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set(title=f"server, {kind} inputs", xlabel="concurrency", ylabel="latency (ms)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle("Latency percentiles vs concurrency")
+        save(fig, "latency-vs-concurrency")
+    return written
+
+
+def write(result: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{result['date']}-{result['machine']['device']}"
+    try:
+        result["plots"] = [Path(p).name for p in plots(result, stem)]
+    except ImportError as exc:
+        result["plots"] = []
+        result["notes"].append(f"no plots: {exc} (pip install matplotlib)")
+    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}
+    paths["json"].write_text(json.dumps(result, indent=1, default=str) + "\n")
+    paths["md"].write_text(markdown(result))
+    return paths
