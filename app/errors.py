@@ -39,7 +39,9 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": TYPES.get(status, "invalid_request_error"), "param": param, "code": code}}
+    return {
+        "error": {"message": message, "type": TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
+    }
 
 
 def error_response(
@@ -73,5 +75,7 @@ def install(app: FastAPI) -> None:
             message = f"Unknown route: {request.method} {request.url.path}"
             return error_response(404, message, code="not_found")
         if exc.status_code == 405:
-            return error_response(405, f"Method {request.method} not allowed on {request.url.path}", code="method_not_allowed")
+            return error_response(
+                405, f"Method {request.method} not allowed on {request.url.path}", code="method_not_allowed"
+            )
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))

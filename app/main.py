@@ -54,8 +54,13 @@ def create_app(settings: Settings, encoder=None, on_fatal: Callable[[str], None]
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
-    app.add_middleware(RequestMiddleware, runtime=runtime, max_body_bytes=settings.max_body_bytes,
-                       log_json=settings.log_json)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
+    app.add_middleware(
+        RequestMiddleware, runtime=runtime, max_body_bytes=settings.max_body_bytes, log_json=settings.log_json
+    )
     return app

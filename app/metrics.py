@@ -50,7 +50,9 @@ class Metrics:
         for reason in ("overloaded", "draining", "timeout"):
             self.rejected.labels(reason)
 
-    def observe_batch(self, size: int, real_tokens: int, cost_tokens: int, waits: list[float], compute_s: float) -> None:
+    def observe_batch(
+        self, size: int, real_tokens: int, cost_tokens: int, waits: list[float], compute_s: float
+    ) -> None:
         self.batch_size.observe(size)
         self.batch_tokens.observe(real_tokens)
         self.padding_ratio.observe(max(0.0, (cost_tokens - real_tokens) / cost_tokens) if cost_tokens else 0.0)

@@ -57,7 +57,9 @@ class RequestMiddleware:
         rt.request_started()
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await self._reject(send_wrapper, 413, f"Request body over {self.max_body_bytes} bytes", "body_too_large")
+                await self._reject(
+                    send_wrapper, 413, f"Request body over {self.max_body_bytes} bytes", "body_too_large"
+                )
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
         except Exception as exc:  # a real server fault: OpenAI-shaped 500, logged with the request id
@@ -77,8 +79,13 @@ class RequestMiddleware:
     @staticmethod
     async def _reject(send, status: int, message: str, code: str) -> None:
         body = json.dumps(error_body(status, message, None, code)).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _log(self, scope, request_id: str, status: int, elapsed: float, state: dict) -> None:

@@ -62,8 +62,14 @@ class Runtime:
         from model.encoder import Encoder
 
         s = self.settings
-        return Encoder.load(s.model, device=s.device, dtype=s.dtype, max_input_tokens=s.max_input_tokens,
-                            revision=s.revision, compile=s.compile)
+        return Encoder.load(
+            s.model,
+            device=s.device,
+            dtype=s.dtype,
+            max_input_tokens=s.max_input_tokens,
+            revision=s.revision,
+            compile=s.compile,
+        )
 
     async def start(self) -> None:
         """Load (unless an encoder was given), warm up, start the batcher; then, and only then, report ready."""
@@ -94,12 +100,18 @@ class Runtime:
             self.model_name, info.model_type, info.device, info.dtype, str(info.max_input_tokens), str(info.hidden_size)
         ).set(1)
         self.ready = True
-        log.info("ready: %s on %s (%s), max %d tokens per input", self.model_name, info.device, info.dtype,
-                 info.max_input_tokens)
+        log.info(
+            "ready: %s on %s (%s), max %d tokens per input",
+            self.model_name,
+            info.device,
+            info.dtype,
+            info.max_input_tokens,
+        )
 
     def _on_batch(self, stats: BatchStats) -> None:
-        self.metrics.observe_batch(stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s,
-                                   stats.compute_s)
+        self.metrics.observe_batch(
+            stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s, stats.compute_s
+        )
         self.metrics.queue_depth.set(self.batcher.queue_items)
         self.metrics.queue_tokens.set(self.batcher.queue_tokens)
 

@@ -27,8 +27,9 @@ class EmbeddingRequest(BaseModel):
     dimensions: StrictInt | None = Field(None, description="Matryoshka width: 1 to the model's hidden size.")
     user: StrictStr | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
     input_type: StrictStr | None = Field(
-        None, description="Task prefix for text inputs: search_query, search_document, classification, clustering "
-        "(aliases query, document); default from the server setting."
+        None,
+        description="Task prefix for text inputs: search_query, search_document, classification, clustering "
+        "(aliases query, document); default from the server setting.",
     )
     long_input: Literal["error", "truncate", "chunk"] | None = Field(
         None, description="Inputs over the model's limit: 400 error, truncate, or chunk and average (server default)."

@@ -53,14 +53,22 @@ class EmbeddingService:
             name = INPUT_TYPE_ALIASES.get(name, name)
         if name not in prompts:
             known = ", ".join(sorted(prompts)) or "none"
-            raise APIError(400, f"Unknown input_type '{name}' for this model (known: {known})", param="input_type",
-                           code="invalid_input_type")
+            raise APIError(
+                400,
+                f"Unknown input_type '{name}' for this model (known: {known})",
+                param="input_type",
+                code="invalid_input_type",
+            )
         return name, prompts[name]
 
     def check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is not None and not 1 <= dimensions <= self.info.hidden_size:
-            raise APIError(400, f"dimensions must be between 1 and {self.info.hidden_size}, got {dimensions}",
-                           param="dimensions", code="invalid_value")
+            raise APIError(
+                400,
+                f"dimensions must be between 1 and {self.info.hidden_size}, got {dimensions}",
+                param="dimensions",
+                code="invalid_value",
+            )
 
     @staticmethod
     def check_texts(texts: Sequence[str]) -> None:
@@ -73,8 +81,12 @@ class EmbeddingService:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
-                raise APIError(400, f"Input {i} contains a lone surrogate (not valid Unicode text)", param="input",
-                               code="invalid_text") from None
+                raise APIError(
+                    400,
+                    f"Input {i} contains a lone surrogate (not valid Unicode text)",
+                    param="input",
+                    code="invalid_text",
+                ) from None
 
     @staticmethod
     def split_input(raw) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -104,15 +116,20 @@ class EmbeddingService:
             400,
             f"Input {index} has {len(ids)} tokens, over this model's maximum of {limit}. Shorten it, or set "
             "long_input to 'truncate' or 'chunk'.",
-            param="input", code="context_length_exceeded",
+            param="input",
+            code="context_length_exceeded",
         )
 
     async def prepare(self, req: EmbeddingRequest) -> list[Prepared]:
         texts, id_lists = self.split_input(req.input)
         n = len(texts if texts is not None else id_lists)
         if n > self.settings.max_inputs_per_request:
-            raise APIError(400, f"Too many inputs: {n}, the maximum is {self.settings.max_inputs_per_request}",
-                           param="input", code="too_many_inputs")
+            raise APIError(
+                400,
+                f"Too many inputs: {n}, the maximum is {self.settings.max_inputs_per_request}",
+                param="input",
+                code="too_many_inputs",
+            )
         self.check_dimensions(req.dimensions)
         task, prefix = self.prefix_for(req.input_type) if texts is not None else ("", "")
         mode = req.long_input or self.settings.long_input
@@ -126,8 +143,12 @@ class EmbeddingService:
                     raise APIError(400, f"Input {i} is an empty token list", param="input", code="empty_input")
                 bad = next((t for t in ids if not 0 <= t < self.info.vocab_size), None)
                 if bad is not None:
-                    raise APIError(400, f"Input {i} has token id {bad}, outside the vocabulary [0, "
-                                   f"{self.info.vocab_size})", param="input", code="invalid_token_id")
+                    raise APIError(
+                        400,
+                        f"Input {i} has token id {bad}, outside the vocabulary [0, {self.info.vocab_size})",
+                        param="input",
+                        code="invalid_token_id",
+                    )
             keys = [(self.info.name, "", tuple(ids), req.dimensions, mode) for ids in id_lists]
 
         prepared = [Prepared([], 0, key) for key in keys]
@@ -150,8 +171,13 @@ class EmbeddingService:
             prepared[i].tokens = sum(len(w) for w in prepared[i].windows)
             total += prepared[i].tokens
         if total > self.settings.max_tokens_per_request:
-            raise APIError(400, f"The request has {total} tokens, over the per-request maximum of "
-                           f"{self.settings.max_tokens_per_request}", param="input", code="max_tokens_per_request")
+            raise APIError(
+                400,
+                f"The request has {total} tokens, over the per-request maximum of "
+                f"{self.settings.max_tokens_per_request}",
+                param="input",
+                code="max_tokens_per_request",
+            )
         return prepared
 
     # ---- the work ---------------------------------------------------------------------------------------------
@@ -159,7 +185,7 @@ class EmbeddingService:
         prepared = await self.prepare(req)
         items = [w for p in prepared if p.vector is None for w in p.windows]
         if items:
-            priority = {"interactive": 0, "bulk": 1}.get(req.priority or "", None)
+            priority = {"interactive": 0, "bulk": 1}.get(req.priority or "")
             if priority is None:
                 small = len(items) <= INTERACTIVE_MAX_INPUTS and sum(map(len, items)) <= INTERACTIVE_MAX_TOKENS
                 priority = 0 if small else 1
@@ -191,15 +217,23 @@ class EmbeddingService:
         except Overloaded as exc:
             self.metrics.rejected.labels("overloaded").inc()
             retry = str(max(1, round(exc.retry_after)))
-            raise APIError(429, "The server is overloaded; retry after the Retry-After seconds",
-                           code="overloaded", headers={"Retry-After": retry}) from None
+            raise APIError(
+                429,
+                "The server is overloaded; retry after the Retry-After seconds",
+                code="overloaded",
+                headers={"Retry-After": retry},
+            ) from None
         except Draining:
             self.metrics.rejected.labels("draining").inc()
             raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"}) from None
         except DeadlineExceeded:
             self.metrics.rejected.labels("timeout").inc()
-            raise APIError(503, f"The request waited over {self.settings.request_timeout_s:g} s in the queue and "
-                           "was dropped", code="queue_timeout", headers={"Retry-After": "1"}) from None
+            raise APIError(
+                503,
+                f"The request waited over {self.settings.request_timeout_s:g} s in the queue and was dropped",
+                code="queue_timeout",
+                headers={"Retry-After": "1"},
+            ) from None
         except WorkerDied:
             raise APIError(503, "The encoder worker is not running", code="worker_died") from None
 

@@ -142,12 +142,12 @@ def nomic_values(raw: dict[str, Any]) -> dict[str, Any]:
             )
         if legacy_key not in raw or raw[legacy_key] is None:
             values[legacy_key] = value
-    if "head_dim" in raw and "hidden_size" in raw and "num_attention_heads" in raw:
-        if raw["head_dim"] * raw["num_attention_heads"] != raw["hidden_size"]:
-            raise ConfigError(
-                f"head_dim={raw['head_dim']} x num_attention_heads={raw['num_attention_heads']} "
-                f"!= hidden_size={raw['hidden_size']}"
-            )
+    heads = ("head_dim", "hidden_size", "num_attention_heads")
+    if all(k in raw for k in heads) and raw["head_dim"] * raw["num_attention_heads"] != raw["hidden_size"]:
+        raise ConfigError(
+            f"head_dim={raw['head_dim']} x num_attention_heads={raw['num_attention_heads']} "
+            f"!= hidden_size={raw['hidden_size']}"
+        )
     if not legacy_form:  # v5-only: what transformers assumes for the keys this form leaves out
         values.setdefault("qkv_proj_bias", False)
         values.setdefault("mlp_fc1_bias", False)

@@ -20,20 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from model.activations import GATED as GATED_ACTIVATIONS
+from model.activations import PLAIN as PLAIN_ACTIVATIONS
 from model.errors import ConfigError
 from model.packing import PackedBatch, packed_attention
-
-GATED_ACTIVATIONS = {"swiglu": F.silu, "glu": torch.sigmoid, "geglu": F.gelu}
-PLAIN_ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
 
 
 @dataclass
@@ -121,7 +113,9 @@ class Rotary(nn.Module):
     def _plain_table(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._table is None or self._table[0].shape[0] < n or self._table[0].device != device:
             size = max(n, 2 * (self._table[0].shape[0] if self._table is not None else 0), 512)
-            freqs = torch.outer(torch.arange(size, device=device, dtype=torch.float32), self.inv_freq(self.base, device))
+            freqs = torch.outer(
+                torch.arange(size, device=device, dtype=torch.float32), self.inv_freq(self.base, device)
+            )
             self._table = (freqs.cos(), freqs.sin())  # (size, dim/2)
         return self._table
 
@@ -172,7 +166,9 @@ class MLP(nn.Module):
         self.gated = config.gated
         if self.gated:
             self.act = GATED_ACTIVATIONS[config.activation_function]
-            self.fc1 = nn.Linear(config.n_embd, 2 * config.n_inner, bias=config.mlp_fc1_bias)  # [fc11 (up); fc12 (gate)]
+            self.fc1 = nn.Linear(
+                config.n_embd, 2 * config.n_inner, bias=config.mlp_fc1_bias
+            )  # [fc11 (up); fc12 (gate)]
         else:
             self.act = PLAIN_ACTIVATIONS[config.activation_function]
             self.fc1 = nn.Linear(config.n_embd, config.n_inner, bias=config.mlp_fc1_bias)
@@ -263,4 +259,3 @@ class NomicBert(nn.Module):
         for layer in self.encoder.layers:
             x = layer(x, batch, self.rotary, cos_sin)
         return x
-

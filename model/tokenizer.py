@@ -26,7 +26,7 @@ class Tokenizer:
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def from_folder(cls, folder: Path) -> "Tokenizer | None":
+    def from_folder(cls, folder: Path) -> Tokenizer | None:
         path = folder / "tokenizer.json"
         return cls(path) if path.is_file() else None
 

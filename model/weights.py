@@ -196,9 +196,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True, assign=True)
 
 
-def build_model(
-    make: Callable[[], nn.Module], state: dict[str, torch.Tensor], source: str
-) -> nn.Module:
+def build_model(make: Callable[[], nn.Module], state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Build on the meta device (no wasted init), then assign the checkpoint's tensors."""
     with torch.device("meta"):
         model = make()

@@ -16,6 +16,9 @@ from app.errors import APIError
 from app.runtime import Runtime, get_runtime
 
 M = TypeVar("M", bound=BaseModel)
+INPUT_SHAPES = (
+    " ('input' must be a non-empty string, a list of strings, a list of token ids, or a list of token-id lists)"
+)
 T = TypeVar("T")
 
 
@@ -40,8 +43,12 @@ def require_ready(rt: Runtime = Depends(get_runtime)) -> Runtime:
 
 def check_model(rt: Runtime, model: str | None) -> None:
     if model is not None and model != rt.model_name:
-        raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.", param="model",
-                       code="model_not_found")
+        raise APIError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -73,11 +80,13 @@ async def parse_body(request: Request, model: type[M]) -> M:
         first = exc.errors()[0]
         loc = [str(p) for p in first["loc"]]
         param = loc[0] if loc else None
-        shape = "" if param != "input" else (
-            " ('input' must be a non-empty string, a list of strings, a list of token ids, or a list of token-id lists)"
-        )
-        raise APIError(400, f"Invalid value for '{'.'.join(loc) or 'body'}': {first['msg']}{shape}", param=param,
-                       code="invalid_value") from None
+        shape = INPUT_SHAPES if param == "input" else ""
+        raise APIError(
+            400,
+            f"Invalid value for '{'.'.join(loc) or 'body'}': {first['msg']}{shape}",
+            param=param,
+            code="invalid_value",
+        ) from None
 
 
 async def until_disconnect(request: Request) -> None:

@@ -18,8 +18,12 @@ ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 429, 50
     "/v1/embeddings",
     response_model=EmbeddingResponse,
     responses=ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": EmbeddingRequest.model_json_schema()}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
+        }
+    },
 )
 async def create_embeddings(request: Request, rt: Runtime = Depends(require_ready)) -> Response:
     req = await parse_body(request, EmbeddingRequest)
@@ -41,4 +45,3 @@ async def create_embeddings(request: Request, rt: Runtime = Depends(require_read
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-

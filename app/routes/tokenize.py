@@ -15,8 +15,12 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.post(
     "/tokenize",
     response_model=TokenizeResponse,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": TokenizeRequest.model_json_schema()}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": TokenizeRequest.model_json_schema()}},
+        }
+    },
 )
 async def tokenize(request: Request, rt: Runtime = Depends(require_ready)) -> TokenizeResponse:
     req = await parse_body(request, TokenizeRequest)
@@ -29,9 +33,12 @@ async def tokenize(request: Request, rt: Runtime = Depends(require_ready)) -> To
     ids = await rt.service.tokenize(texts, prefix)
     limit = rt.encoder.info.max_input_tokens
     data = [
-        TokenizedInput(index=i, input_ids=x, tokens=rt.encoder.tokenizer.tokens(x), count=len(x), over_limit=len(x) > limit)
+        TokenizedInput(
+            index=i, input_ids=x, tokens=rt.encoder.tokenizer.tokens(x), count=len(x), over_limit=len(x) > limit
+        )
         for i, x in enumerate(ids)
     ]
     total = sum(d.count for d in data)
-    return TokenizeResponse(model=rt.model_name, max_input_tokens=limit, data=data,
-                            usage=Usage(prompt_tokens=total, total_tokens=total))
+    return TokenizeResponse(
+        model=rt.model_name, max_input_tokens=limit, data=data, usage=Usage(prompt_tokens=total, total_tokens=total)
+    )

@@ -85,13 +85,16 @@ def test_there_are_at_least_40_cases():
     assert len(CASES) >= 40
 
 
-@pytest.mark.parametrize("text", [
-    "مرحبا بالعالم",  # right-to-left
-    "\u202eevil\u202c override",  # RTL override character
-    "e\u0301\u0302\u0303\u0304 combining marks",
-    "zero\u200bwidth",
-    "emoji 🤖🧪",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "مرحبا بالعالم",  # right-to-left
+        "\u202eevil\u202c override",  # RTL override character
+        "e\u0301\u0302\u0303\u0304 combining marks",
+        "zero\u200bwidth",
+        "emoji 🤖🧪",
+    ],
+)
 def test_unusual_but_valid_text_is_embedded(minilm_server, text):
     r = httpx.post(minilm_server.base + URL, json={"input": text})
     assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) > 0

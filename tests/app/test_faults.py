@@ -36,7 +36,9 @@ def post(base: str, body: dict, **kw) -> httpx.Response:
 
 
 def test_encoder_exception_fails_only_its_batch(tiny, caplog):
-    fake = WrappedEncoder(tiny, fail=lambda batch: ValueError("kernel exploded") if any(POISON in s for s in batch) else None)
+    fake = WrappedEncoder(
+        tiny, fail=lambda batch: ValueError("kernel exploded") if any(POISON in s for s in batch) else None
+    )
     with thread_server(settings(), fake) as (base, _), caplog.at_level(logging.ERROR, logger="app"):
         bad = post(base, {"input": [[101, POISON, 102]]}, headers={"x-request-id": "req-poison-1"})
         assert bad.status_code == 500
@@ -98,7 +100,9 @@ def test_deadline_drops_queued_work(tiny):
 
 
 def test_dead_worker_fails_health(tiny):
-    fake = WrappedEncoder(tiny, fail=lambda batch: SystemExit("worker killed") if any(POISON in s for s in batch) else None)
+    fake = WrappedEncoder(
+        tiny, fail=lambda batch: SystemExit("worker killed") if any(POISON in s for s in batch) else None
+    )
     with thread_server(settings(), fake) as (base, _):
         assert httpx.get(f"{base}/health").status_code == 200
         r = post(base, {"input": [[101, POISON, 102]]})
@@ -113,8 +117,13 @@ def test_dead_worker_fails_health(tiny):
 
 
 def test_model_that_fails_to_load_exits_non_zero_with_one_line():
-    result = subprocess.run([sys.executable, "-m", "app", "--model", "/nonexistent/model", "--port", "0"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--model", "/nonexistent/model", "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last == "error: model failed to load: model folder /nonexistent/model does not exist"
@@ -122,6 +131,7 @@ def test_model_that_fails_to_load_exits_non_zero_with_one_line():
 
 
 def test_invalid_setting_exits_with_a_clear_line():
-    result = subprocess.run([sys.executable, "-m", "app", "--max-batch-tokens", "-5"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--max-batch-tokens", "-5"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "max_batch_tokens" in result.stderr and "Traceback" not in result.stderr

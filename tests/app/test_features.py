@@ -10,7 +10,6 @@ import time
 
 import httpx
 import numpy as np
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
@@ -43,16 +42,25 @@ def test_input_type_prepends_the_prefix_and_counts_it(nomic_server):
     np.testing.assert_allclose(alias["data"][0]["embedding"], plain["data"][0]["embedding"], atol=1e-6)
     assert typed["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"] > bare["usage"]["prompt_tokens"]
     tasks = httpx.get(f"{base}/v1/models").json()["data"][0]["task_types"]
-    assert tasks == {"search_query": "search_query: ", "search_document": "search_document: ",
-                     "classification": "classification: ", "clustering": "clustering: "}
+    assert tasks == {
+        "search_query": "search_query: ",
+        "search_document": "search_document: ",
+        "classification": "classification: ",
+        "clustering": "clustering: ",
+    }
 
 
 def test_server_default_input_type_and_folder_prompts(tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(NOMIC / "nomic-text-tiny", folder)
-    (folder / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "q: ", "passage": "p: "}}))
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "q: ", "passage": "p: "}})
+    )
     with server_process("--model", str(folder), "--default-input-type", "passage") as server:
-        assert httpx.get(f"{server.base}/v1/models").json()["data"][0]["task_types"] == {"query": "q: ", "passage": "p: "}
+        assert httpx.get(f"{server.base}/v1/models").json()["data"][0]["task_types"] == {
+            "query": "q: ",
+            "passage": "p: ",
+        }
         default = embed(server.base, input=TEXT)
         passage = embed(server.base, input=TEXT, input_type="passage")
         query = embed(server.base, input=TEXT, input_type="query")
@@ -82,8 +90,9 @@ def test_long_inputs_error_truncate_chunk():
         np.testing.assert_allclose(trunc["data"][0]["embedding"], expected_trunc, atol=1e-5)
         assert chunk["usage"]["prompt_tokens"] == sum(len(w) for w in windows)
         assert trunc["usage"]["prompt_tokens"] == limit
-    with server_process("--model", str(NOMIC / "nomic-text-tiny"), "--max-input-tokens", str(limit),
-                        "--long-input", "chunk") as server:  # the server default
+    with server_process(
+        "--model", str(NOMIC / "nomic-text-tiny"), "--max-input-tokens", str(limit), "--long-input", "chunk"
+    ) as server:  # the server default
         np.testing.assert_allclose(embed(server.base, input=text)["data"][0]["embedding"], expected_chunk, atol=1e-5)
 
 
@@ -116,8 +125,10 @@ def test_query_is_not_stuck_behind_bulk_work():
 
     async def scenario(base):
         async with httpx.AsyncClient(timeout=120) as client:
-            bulk_tasks = [asyncio.create_task(client.post(f"{base}/v1/embeddings", json={"input": bulk, "priority": "bulk"}))
-                          for _ in range(5)]  # 10,000 document items
+            bulk_tasks = [
+                asyncio.create_task(client.post(f"{base}/v1/embeddings", json={"input": bulk, "priority": "bulk"}))
+                for _ in range(5)
+            ]  # 10,000 document items
             await asyncio.sleep(0.5)  # let them queue up
             start = time.perf_counter()
             query = await client.post(f"{base}/v1/embeddings", json={"input": "search_query: where?"})

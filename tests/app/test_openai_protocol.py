@@ -90,7 +90,7 @@ def test_over_long_input_is_a_400_with_count_and_limit(minilm_server):
 
 def test_64_concurrent_clients_match_single_requests(minilm_server):
     rng = random.Random(0)
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
     requests = []
     for i in range(64):
         n_inputs = rng.choice([1, 1, 2, 5])
@@ -106,12 +106,16 @@ def test_64_concurrent_clients_match_single_requests(minilm_server):
     with httpx.Client(timeout=60) as c:
         for inputs in requests:
             for text in inputs:
-                singles[text] = c.post(url, json={"input": text, "encoding_format": "float"}).json()["data"][0]["embedding"]
+                singles[text] = c.post(url, json={"input": text, "encoding_format": "float"}).json()["data"][0][
+                    "embedding"
+                ]
     batches_before, items_before = batch_count()
 
     async def fire():
         async with httpx.AsyncClient(timeout=60) as ac:
-            return await asyncio.gather(*(ac.post(url, json={"input": inputs, "encoding_format": "float"}) for inputs in requests))
+            return await asyncio.gather(
+                *(ac.post(url, json={"input": inputs, "encoding_format": "float"}) for inputs in requests)
+            )
 
     responses = asyncio.run(fire())
     batches_after, items_after = batch_count()

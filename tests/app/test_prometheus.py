@@ -35,9 +35,14 @@ def test_real_prometheus_scrapes_embed_series(nomic_server, tmp_path):
         f"scrape_configs:\n  - job_name: embeddings\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
     proc = subprocess.Popen(
-        [require("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            require("prometheus"),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline, series = time.monotonic() + 45, []

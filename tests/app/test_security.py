@@ -18,8 +18,17 @@ KEY = "sk-test-0123456789abcdef"
 @pytest.fixture(scope="module")
 def locked_server():
     metrics_port = free_port()
-    with server_process("--model", str(NOMIC / "nomic-text-tiny"), "--api-key", KEY, "--log-json",
-                        "--metrics-port", str(metrics_port), "--served-model-name", "tiny") as server:
+    with server_process(
+        "--model",
+        str(NOMIC / "nomic-text-tiny"),
+        "--api-key",
+        KEY,
+        "--log-json",
+        "--metrics-port",
+        str(metrics_port),
+        "--served-model-name",
+        "tiny",
+    ) as server:
         server.metrics_port = metrics_port
         yield server
 
@@ -51,7 +60,10 @@ def test_metrics_on_a_separate_port(locked_server):
 def test_json_access_logs_without_key_or_text(locked_server):
     secret_text = "my very private sentence"
     headers = {"authorization": f"Bearer {KEY}", "x-request-id": "trace-42"}
-    assert httpx.post(f"{locked_server.base}/v1/embeddings", json={"input": secret_text}, headers=headers).status_code == 200
+    assert (
+        httpx.post(f"{locked_server.base}/v1/embeddings", json={"input": secret_text}, headers=headers).status_code
+        == 200
+    )
     log = locked_server.output()
     assert KEY not in log and secret_text not in log
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]

@@ -90,6 +90,7 @@ def test_overload_gives_429s_not_failures(minilm):
             results = []
             limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
             async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
                 async def one(k):
                     start = time.monotonic()
                     texts = request_inputs(k)
@@ -115,9 +116,17 @@ def test_overload_gives_429s_not_failures(minilm):
     refused = [r for _, r, _ in results if r.status_code == 429]
     latencies = sorted(s for _, _, s in ok)
     p99 = latencies[int(0.99 * (len(latencies) - 1))]
-    report = {"capacity_rps": round(capacity, 1), "offered_rps": round(2 * capacity, 1), "sent": len(results),
-              "ok": len(ok), "refused_429": len(refused), "failed": len(results) - len(ok) - len(refused),
-              "admitted_p99_s": round(p99, 3), "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1)}
+    report = {
+        "capacity_rps": round(capacity, 1),
+        "offered_rps": round(2 * capacity, 1),
+        "sent": len(results),
+        "ok": len(ok),
+        "refused_429": len(refused),
+        "failed": len(results) - len(ok) - len(refused),
+        "admitted_p99_s": round(p99, 3),
+        "rss_before_mb": round(rss_before, 1),
+        "rss_after_mb": round(rss_after, 1),
+    }
     Path(os.environ.get("TMPDIR", "/tmp"), "overload-report.json").write_text(json.dumps(report))
     print("overload:", report)
     assert all(s in (200, 429) for s in statuses), sorted(set(statuses))

@@ -64,7 +64,10 @@ def test_packed_batch_equals_alone_fp32():
 def test_ntk_beyond_the_trained_length(tmp_path):
     folder = tmp_path / "ntk"
     shutil.copytree(NOMIC / "nomic-text-tiny", folder)
-    config = json.loads((folder / "config.json").read_text()) | {"rotary_scaling_factor": 2.0, "max_trained_positions": 64}
+    config = json.loads((folder / "config.json").read_text()) | {
+        "rotary_scaling_factor": 2.0,
+        "max_trained_positions": 64,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     enc, cpu = load(folder), Encoder.load(str(folder), device="cpu", dtype="float32")
     rng = np.random.default_rng(1)

@@ -41,9 +41,24 @@ def all_cases(encoder: Encoder, folder: Path) -> np.ndarray:
 def test_v5_form_maps_to_the_legacy_values():
     legacy = parse_config(json.loads((NOMIC / "tiny" / "config.json").read_text()))
     v5 = parse_config(json.loads((NOMIC / "tiny-hf5" / "config.json").read_text()))
-    for field in ("n_embd", "n_head", "n_layer", "n_inner", "activation_function", "rotary_emb_base",
-                  "max_trained_positions", "rotary_scaling_factor", "qkv_proj_bias", "mlp_fc1_bias", "mlp_fc2_bias",
-                  "prenorm", "rotary_emb_fraction", "rotary_emb_interleaved", "layer_norm_epsilon", "vocab_size"):
+    for field in (
+        "n_embd",
+        "n_head",
+        "n_layer",
+        "n_inner",
+        "activation_function",
+        "rotary_emb_base",
+        "max_trained_positions",
+        "rotary_scaling_factor",
+        "qkv_proj_bias",
+        "mlp_fc1_bias",
+        "mlp_fc2_bias",
+        "prenorm",
+        "rotary_emb_fraction",
+        "rotary_emb_interleaved",
+        "layer_norm_epsilon",
+        "vocab_size",
+    ):
         assert getattr(v5, field) == getattr(legacy, field), field
 
 
@@ -55,7 +70,9 @@ def test_merged_config_gives_identical_embeddings(tmp_path):
 
 
 def test_merged_text_config_reproduces_goldens(tmp_path):
-    folder = copy_model(NOMIC / "nomic-text-tiny", tmp_path / "m", merged_config("nomic-text-tiny", "nomic-text-tiny-hf5"))
+    folder = copy_model(
+        NOMIC / "nomic-text-tiny", tmp_path / "m", merged_config("nomic-text-tiny", "nomic-text-tiny-hf5")
+    )
     encoder = Encoder.load(str(folder), device="cpu")
     cases = load_golden(NOMIC / "nomic-text-tiny")["cases"]
     out = encoder.embed(encoder.tokenize([c["text"] for c in cases]))
@@ -67,9 +84,14 @@ def test_merged_text_config_reproduces_goldens(tmp_path):
     [
         ({"hidden_size": 128}, ["n_embd=64", "hidden_size=128"]),
         ({"num_hidden_layers": 3}, ["n_layer=2", "num_hidden_layers=3"]),
-        ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}, ["rotary_emb_base=1000", "rope_theta=10000.0"]),
-        ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000.0}},
-         ["rotary_scaling_factor=None", "rope_parameters.factor=2.0"]),
+        (
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+            ["rotary_emb_base=1000", "rope_theta=10000.0"],
+        ),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1000.0}},
+            ["rotary_scaling_factor=None", "rope_parameters.factor=2.0"],
+        ),
         ({"hidden_act": "gelu"}, ["activation_function='swiglu'", "hidden_act="]),
     ],
 )
@@ -103,18 +125,25 @@ def test_split_weight_names_load_identically(tmp_path):
     """A state dict written with transformers-v5's split names (q/k/v, gate/up/down, ...) fuses back at load."""
     folder = copy_model(NOMIC / "tiny", tmp_path / "split")
     state = load_file(NOMIC / "tiny" / "model.safetensors")
-    split = {"embeddings.LayerNorm.weight": state.pop("emb_ln.weight"), "embeddings.LayerNorm.bias": state.pop("emb_ln.bias")}
+    split = {
+        "embeddings.LayerNorm.weight": state.pop("emb_ln.weight"),
+        "embeddings.LayerNorm.bias": state.pop("emb_ln.bias"),
+    }
     for key in list(state):
         if not key.startswith("encoder.layers."):
             split[key] = state.pop(key)
     for i in range(2):
         p, q = f"encoder.layers.{i}", f"layers.{i}"
         wq, wk, wv = state.pop(f"{p}.attn.Wqkv.weight").chunk(3, dim=0)
-        split |= {f"{q}.self_attn.q_proj.weight": wq, f"{q}.self_attn.k_proj.weight": wk,
-                  f"{q}.self_attn.v_proj.weight": wv, f"{q}.self_attn.o_proj.weight": state.pop(f"{p}.attn.out_proj.weight"),
-                  f"{q}.mlp.up_proj.weight": state.pop(f"{p}.mlp.fc11.weight"),
-                  f"{q}.mlp.gate_proj.weight": state.pop(f"{p}.mlp.fc12.weight"),
-                  f"{q}.mlp.down_proj.weight": state.pop(f"{p}.mlp.fc2.weight")}
+        split |= {
+            f"{q}.self_attn.q_proj.weight": wq,
+            f"{q}.self_attn.k_proj.weight": wk,
+            f"{q}.self_attn.v_proj.weight": wv,
+            f"{q}.self_attn.o_proj.weight": state.pop(f"{p}.attn.out_proj.weight"),
+            f"{q}.mlp.up_proj.weight": state.pop(f"{p}.mlp.fc11.weight"),
+            f"{q}.mlp.gate_proj.weight": state.pop(f"{p}.mlp.fc12.weight"),
+            f"{q}.mlp.down_proj.weight": state.pop(f"{p}.mlp.fc2.weight"),
+        }
         for norm, name in (("norm1", "post_attention_layernorm"), ("norm2", "post_mlp_layernorm")):
             for s in ("weight", "bias"):
                 split[f"{q}.{name}.{s}"] = state.pop(f"{p}.{norm}.{s}")
@@ -128,7 +157,10 @@ def test_split_weight_names_load_identically(tmp_path):
 def test_bert_prefixed_keys_load(tmp_path):
     folder = copy_model(NOMIC / "tiny", tmp_path / "prefixed")
     state = load_file(NOMIC / "tiny" / "model.safetensors")
-    save_file({f"bert.{k}": v for k, v in state.items()} | {"cls.predictions.bias": torch.zeros(3)}, folder / "model.safetensors")
+    save_file(
+        {f"bert.{k}": v for k, v in state.items()} | {"cls.predictions.bias": torch.zeros(3)},
+        folder / "model.safetensors",
+    )
     ours = Encoder.load(str(folder), device="cpu", max_input_tokens=128)
     legacy = Encoder.load(str(NOMIC / "tiny"), device="cpu", max_input_tokens=128)
     np.testing.assert_array_equal(all_cases(ours, NOMIC / "tiny"), all_cases(legacy, NOMIC / "tiny"))
@@ -146,6 +178,8 @@ def test_input_limit_rule(tmp_path, minilm_dir):
     folder = copy_model(NOMIC / "tiny-hf5", tmp_path / "tok")
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 100}))
     assert input_limit(json.loads((folder / "config.json").read_text()), folder, None) == (
-        100, "tokenizer_config.json model_max_length")
+        100,
+        "tokenizer_config.json model_max_length",
+    )
     with pytest.raises(ConfigError, match="exceeds the model's 512 position embeddings"):
         read_spec(minilm_dir, 1000)

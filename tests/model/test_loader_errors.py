@@ -47,7 +47,9 @@ def test_wrong_shape(tiny):
     state = load_file(tiny / "model.safetensors")
     state["encoder.layers.0.attn.out_proj.weight"] = torch.zeros(64, 32)
     save_file(state, tiny / "model.safetensors")
-    with pytest.raises(WeightsError, match=r"wrong shape: encoder\.layers\.0\.attn\.out_proj\.weight \(64, 32\) != \(64, 64\)"):
+    with pytest.raises(
+        WeightsError, match=r"wrong shape: encoder\.layers\.0\.attn\.out_proj\.weight \(64, 32\) != \(64, 64\)"
+    ):
         Encoder.load(str(tiny), device="cpu")
 
 
@@ -92,9 +94,22 @@ def test_missing_folder_and_unreachable_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     result = subprocess.run(
-        [sys.executable, "-m", "model", "embed", "--model", "nomic-ai/nomic-embed-text-v1.5",
-         "--input", "x.jsonl", "--output", "y.jsonl"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "model",
+            "embed",
+            "--model",
+            "nomic-ai/nomic-embed-text-v1.5",
+            "--input",
+            "x.jsonl",
+            "--output",
+            "y.jsonl",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 1

@@ -40,7 +40,7 @@ def reference_mean(folder, ids: list[int], factor: float | None) -> np.ndarray:
         return (x - mu) / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
 
     base, rot, trained = float(cfg["rotary_emb_base"]), D, cfg["max_trained_positions"]
-    if factor and L > trained:
+    if factor and trained < L:
         base = base * ((factor * L / trained) - (factor - 1)) ** (rot / (rot - 2))
     inv = 1.0 / base ** (np.arange(0, rot, 2) / rot)
     freqs = np.outer(np.arange(L), inv)
