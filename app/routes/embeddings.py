@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.routes.common import check_model, parse_body, require_api_key, require_ready, unless_disconnected
+from app.routes.common import check_model, json_body, parse_body, require_api_key, require_ready, unless_disconnected
 from app.runtime import Runtime
 from app.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse
 from app.service import encode_vectors
@@ -18,12 +18,7 @@ ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 429, 50
     "/v1/embeddings",
     response_model=EmbeddingResponse,
     responses=ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(EmbeddingRequest),
 )
 async def create_embeddings(request: Request, rt: Runtime = Depends(require_ready)) -> Response:
     req = await parse_body(request, EmbeddingRequest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from app.errors import APIError
-from app.routes.common import check_model, parse_body, require_api_key, require_ready
+from app.routes.common import check_model, json_body, parse_body, require_api_key, require_ready
 from app.runtime import Runtime
 from app.schemas import TokenizedInput, TokenizeRequest, TokenizeResponse, Usage
 
@@ -15,12 +15,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.post(
     "/tokenize",
     response_model=TokenizeResponse,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": TokenizeRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(TokenizeRequest),
 )
 async def tokenize(request: Request, rt: Runtime = Depends(require_ready)) -> TokenizeResponse:
     req = await parse_body(request, TokenizeRequest)
