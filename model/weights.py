@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle  # only for its error type: weights are read with weights_only=True
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -87,7 +88,7 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
                 state.update(load_file(file))
             else:
                 state.update(torch.load(file, map_location="cpu", weights_only=True))
-        except (SafetensorError, RuntimeError, OSError, ValueError, EOFError) as exc:
+        except (SafetensorError, RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise WeightsError(f"cannot read {file.name}: {reason}") from None
     return state

@@ -1,0 +1,89 @@
+"""Every weight layout loads to the same model: pytorch_model.bin (weights_only, so a hostile pickle runs no code),
+sharded safetensors, and a hub id served from the Hugging Face cache (offline mode honoured)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.encoder import Encoder
+from model.errors import WeightsError
+from tests.conftest import NOMIC, load_golden
+
+TEXTS = [c["text"] for c in load_golden(NOMIC / "nomic-text-tiny")["cases"]]
+
+
+@pytest.fixture(scope="module")
+def expected():
+    enc = Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu")
+    return enc.embed(enc.tokenize(TEXTS))
+
+
+def folder_without_weights(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(NOMIC / "nomic-text-tiny", folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    return folder
+
+
+def embed(folder) -> np.ndarray:
+    enc = Encoder.load(str(folder), device="cpu")
+    return enc.embed(enc.tokenize(TEXTS))
+
+
+def test_pytorch_model_bin(tmp_path, expected):
+    folder = folder_without_weights(tmp_path)
+    torch.save(load_file(NOMIC / "nomic-text-tiny" / "model.safetensors"), folder / "pytorch_model.bin")
+    np.testing.assert_array_equal(embed(folder), expected)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('EXPLOIT_MARK', '/tmp/exploit-ran')}",))
+
+
+def test_hostile_pickle_runs_no_code(tmp_path, monkeypatch):
+    folder = folder_without_weights(tmp_path)
+    mark = tmp_path / "exploit-ran"
+    monkeypatch.setenv("EXPLOIT_MARK", str(mark))
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"embeddings.word_embeddings.weight": Exploit()}, f)
+    with pytest.raises(WeightsError, match="cannot read pytorch_model.bin"):
+        Encoder.load(str(folder), device="cpu")
+    assert not mark.exists()
+
+
+def test_sharded_safetensors(tmp_path, expected):
+    folder = folder_without_weights(tmp_path)
+    state = load_file(NOMIC / "nomic-text-tiny" / "model.safetensors")
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    weight_map = {}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, folder / name)
+        weight_map |= {k: name for k in part}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    np.testing.assert_array_equal(embed(folder), expected)
+
+
+def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, expected):
+    """What `snapshot_download` left in HF_HOME earlier is used as is, with the hub unreachable."""
+    repo = tmp_path / "hf" / "hub" / "models--nomic-ai--nomic-embed-text-v1.5"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(NOMIC / "nomic-text-tiny", repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    enc = Encoder.load("nomic-ai/nomic-embed-text-v1.5", device="cpu")
+    np.testing.assert_array_equal(enc.embed(enc.tokenize(TEXTS)), expected)
