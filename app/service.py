@@ -104,14 +104,16 @@ class EmbeddingService:
             raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
         return await asyncio.to_thread(self.encoder.tokenize, texts, prefix)
 
-    def fit(self, ids: list[int], index: int, mode: str) -> list[list[int]]:
+    def fit(self, ids: list[int], index: int, mode: str, from_text: bool) -> list[list[int]]:
+        """Apply the long-input rule. Tokenised text keeps its [CLS]/[SEP] in every piece; token ids given by the
+        client are cut exactly as given."""
         limit = self.info.max_input_tokens
         if len(ids) <= limit:
             return [ids]
         if mode == "truncate":
-            return [self.encoder.truncate(ids)]
+            return [self.encoder.truncate(ids) if from_text else ids[:limit]]
         if mode == "chunk":
-            return self.encoder.windows(ids)
+            return self.encoder.windows(ids) if from_text else [ids[i : i + limit] for i in range(0, len(ids), limit)]
         raise APIError(
             400,
             f"Input {index} has {len(ids)} tokens, over this model's maximum of {limit}. Shorten it, or set "
@@ -167,7 +169,7 @@ class EmbeddingService:
             ids_todo = [id_lists[i] for i in todo] if id_lists is not None else []
         total = 0
         for i, ids in zip(todo, ids_todo):
-            prepared[i].windows = self.fit(ids, i, mode)
+            prepared[i].windows = self.fit(ids, i, mode, from_text=texts is not None)
             prepared[i].tokens = sum(len(w) for w in prepared[i].windows)
             total += prepared[i].tokens
         if total > self.settings.max_tokens_per_request:

@@ -90,6 +90,9 @@ def test_long_inputs_error_truncate_chunk():
         np.testing.assert_allclose(trunc["data"][0]["embedding"], expected_trunc, atol=1e-5)
         assert chunk["usage"]["prompt_tokens"] == sum(len(w) for w in windows)
         assert trunc["usage"]["prompt_tokens"] == limit
+        # token ids are cut exactly as given (no [SEP] re-appended)
+        cut = embed(server.base, input=ids, long_input="truncate")
+        np.testing.assert_allclose(cut["data"][0]["embedding"], encoder.embed([ids[:limit]])[0], atol=1e-5)
     with server_process(
         "--model", str(NOMIC / "nomic-text-tiny"), "--max-input-tokens", str(limit), "--long-input", "chunk"
     ) as server:  # the server default
