@@ -63,7 +63,7 @@ def test_dashboard_loads(dashboard):
     assert len(ids) == len(set(ids)), "panel ids are unique"
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
 
 
 def test_every_panel_has_a_query(dashboard):
