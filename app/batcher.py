@@ -166,7 +166,9 @@ class Batcher(Generic[R]):
         self._task = self._loop.create_task(self._dispatcher(), name="batcher-dispatcher")
         self._task.add_done_callback(self._on_dispatcher_exit)
 
-    async def submit(self, items: list[Sequence[int]], *, priority: int = 0, deadline: float | None = None) -> list[R]:
+    async def submit(
+        self, items: Sequence[Sequence[int]], *, priority: int = 0, deadline: float | None = None
+    ) -> list[R]:
         if self._loop is None:
             raise RuntimeError("call Batcher.start() first")
         if self._draining:
@@ -255,7 +257,7 @@ class Batcher(Generic[R]):
             return
         self._release(req)
         if exc is None:
-            req.future.set_result(result)
+            req.future.set_result(result or [])
         else:
             req.future.set_exception(exc)
 

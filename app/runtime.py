@@ -26,7 +26,7 @@ class Runtime:
         self.metrics = Metrics()
         self.cache = EmbeddingCache(settings.cache_bytes)
         self.batcher: Batcher | None = None
-        self.service: EmbeddingService | None = None
+        self._service: EmbeddingService | None = None
         self.ready = False
         self.draining = False
         self.fatal: str | None = None
@@ -41,6 +41,13 @@ class Runtime:
         if self.settings.served_model_name:
             return self.settings.served_model_name
         return "all-MiniLM-L6-v2" if self.settings.model == DEFAULT_MODEL else self.settings.model
+
+    @property
+    def service(self) -> EmbeddingService:
+        """Routes reach it only after `require_ready`, so it exists by then."""
+        if self._service is None:
+            raise RuntimeError("the embedding service is not started")
+        return self._service
 
     @property
     def alive(self) -> bool:
@@ -95,7 +102,7 @@ class Runtime:
             on_batch=self._on_batch,
         )
         await self.batcher.start()
-        self.service = EmbeddingService(self.encoder, self.batcher, s, self.metrics, self.cache)
+        self._service = EmbeddingService(self.encoder, self.batcher, s, self.metrics, self.cache)
         self.metrics.model_info.labels(
             self.model_name, info.model_type, info.device, info.dtype, str(info.max_input_tokens), str(info.hidden_size)
         ).set(1)
@@ -109,6 +116,7 @@ class Runtime:
         )
 
     def _on_batch(self, stats: BatchStats) -> None:
+        assert self.batcher is not None
         self.metrics.observe_batch(
             stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s, stats.compute_s
         )

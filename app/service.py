@@ -124,7 +124,7 @@ class EmbeddingService:
 
     async def prepare(self, req: EmbeddingRequest) -> list[Prepared]:
         texts, id_lists = self.split_input(req.input)
-        n = len(texts if texts is not None else id_lists)
+        n = len(texts) if texts is not None else len(id_lists or [])
         if n > self.settings.max_inputs_per_request:
             raise APIError(
                 400,
@@ -140,6 +140,7 @@ class EmbeddingService:
             self.check_texts(texts)
             keys = [(self.info.name, task, text, req.dimensions, mode) for text in texts]
         else:
+            assert id_lists is not None
             for i, ids in enumerate(id_lists):
                 if not ids:
                     raise APIError(400, f"Input {i} is an empty token list", param="input", code="empty_input")
@@ -211,9 +212,9 @@ class EmbeddingService:
         tokens = sum(p.tokens for p in prepared)
         self.metrics.tokens.inc(tokens)
         self.metrics.embeddings.inc(len(prepared))
-        return EmbeddingResult([p.vector for p in prepared], tokens)
+        return EmbeddingResult([p.vector for p in prepared if p.vector is not None], tokens)
 
-    async def submit(self, items: list[list[int]], priority: int, deadline: float) -> list[np.ndarray]:
+    async def submit(self, items: Sequence[Sequence[int]], priority: int, deadline: float) -> list[np.ndarray]:
         try:
             return await self.batcher.submit(items, priority=priority, deadline=deadline)
         except Overloaded as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -11,7 +13,7 @@ from app.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse
 from app.service import encode_vectors
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 429, 503)}
 
 
 @router.post(
