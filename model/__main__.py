@@ -1,10 +1,13 @@
 """Offline commands.
 
     python -m model embed --model PATH_OR_ID --input in.jsonl --output out.jsonl [--dimensions N] [--batch-tokens N]
+    python -m model embed ... --ray local|auto|ray://HOST:10001 [--workers N] [--gpus-per-worker F]
     python -m model download MODEL_ID          # fill the HF cache once (e.g. to bake a model into an image)
 
 `embed` reads lines of {"text": "..."} or {"input_ids": [...]} (ids used exactly as given, no special tokens added)
 and writes {"embedding": [...]} per line, in order, L2-normalised, with a progress bar on stderr.
+With --ray it runs on Ray Data instead (model/ray_embed.py: JSONL or Parquet in, a folder of Parquet files out); only
+then is Ray imported.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     embed.add_argument(
         "--long-input", default="error", choices=["error", "truncate"], help="what to do with over-long inputs"
     )
+    embed.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="run on Ray: 'local' starts one here, else a cluster address ('auto', 'ray://host:10001');"
+                       " --output is then a folder of Parquet files")
+    embed.add_argument("--workers", type=int, default=None, help="with --ray: encoder actors (default 1)")
+    embed.add_argument("--gpus-per-worker", type=float, default=None, help="with --ray: GPUs per actor (default 0)")
     download = sub.add_parser("download", help="download a hub model into the cache")
     download.add_argument("model")
     download.add_argument("--revision", default=None)
@@ -110,7 +118,17 @@ def embed_file(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.command == "embed":
+        if args.command == "embed" and args.ray:
+            try:
+                from model.ray_embed import embed_with_ray
+            except ImportError as exc:
+                raise ModelError(f"--ray needs the ray extra: pip install 'nomic-embed-server[ray]' ({exc})") from None
+            args.workers = 1 if args.workers is None else args.workers
+            args.gpus_per_worker = args.gpus_per_worker or 0.0
+            embed_with_ray(args)
+        elif args.command == "embed":
+            if args.workers is not None or args.gpus_per_worker is not None:
+                raise ModelError("--workers and --gpus-per-worker need --ray")
             embed_file(args)
         else:
             from model.weights import download
