@@ -89,7 +89,8 @@ def to_ids(encoder, chunk: list[tuple[int, dict]], args: argparse.Namespace) -> 
         if len(tokens) > limit:
             if args.long_input == "error":
                 raise ModelError(
-                    f"{args.input}:{number}: {len(tokens)} tokens is over the limit of {limit} (use --long-input truncate)"
+                    f"{args.input}:{number}: {len(tokens)} tokens is over the limit of {limit} "
+                    "(use --long-input truncate)"
                 )
             tokens = encoder.truncate(tokens)
         out.append(tokens)

@@ -120,7 +120,10 @@ def test_dashboard_shows_what_the_issue_asks(dashboard):
 @pytest.mark.parametrize(
     "expr, names",
     [
-        ('sum by (route, status) (rate(embed_requests_total{route=~".*embeddings.*"}[$__rate_interval]))', {"embed_requests_total"}),
+        (
+            'sum by (route, status) (rate(embed_requests_total{route=~".*embeddings.*"}[$__rate_interval]))',
+            {"embed_requests_total"},
+        ),
         ("histogram_quantile(0.99, sum by (le) (rate(x_bucket[5m]))) > 2", {"x_bucket"}),
         ("sum(rate(a_sum[1m])) / clamp_min(sum(rate(b_count[1m])), 1e-9)", {"a_sum", "b_count"}),
         ('absent(up{job="embeddings"})', {"up"}),
