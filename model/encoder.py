@@ -30,6 +30,18 @@ from model.weights import build_model, map_bert, map_nomic, read_state_dict, res
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# On CPU, batches with fewer real tokens than this run on one intra-op thread: their ops are too small to split, and
+# every op's fork/join waits on the slowest thread -- a core busy with the event loop or another process stalls it for
+# a scheduler slice (bench/README.md, fast path: 5-50x slower single short requests on a busy 2-core box).
+SMALL_BATCH_TOKENS = 64
+
+
+def default_threads() -> int:
+    """Intra-op threads on CPU: OMP_NUM_THREADS when set, else every core this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0))
 
 
 def cpu_has_amx() -> bool:
@@ -83,8 +95,10 @@ class Encoder:
         device: torch.device,
         dtype: torch.dtype,
         compile: bool = False,
+        threads: int | None = None,
     ):
         self.spec, self.tokenizer, self.device, self.dtype = spec, tokenizer, device, dtype
+        self.threads = threads or default_threads()
         self.model = model.to(device=device, dtype=dtype)
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self._packed = device.type == "cuda" and use_varlen(torch.empty(1, device=device, dtype=dtype))
@@ -112,7 +126,8 @@ class Encoder:
         max_input_tokens: int | None = None,
         revision: str | None = None,
         compile: bool = False,
-    ) -> "Encoder":
+        threads: int | None = None,
+    ) -> Encoder:
         folder = resolve_model_dir(model, revision)
         spec = read_spec(folder, max_input_tokens)
         state = read_state_dict(folder)
@@ -123,14 +138,14 @@ class Encoder:
             assert isinstance(arch, BertConfig)
             net = build_model(lambda: Bert(arch), map_bert(state, arch.num_hidden_layers), folder.name)
         torch_device = pick_device(device)
-        if torch_device.type == "cpu":
-            torch.set_num_threads(len(os.sched_getaffinity(0)))
         torch_dtype = pick_dtype(dtype, torch_device)
-        encoder = cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile)
+        encoder = cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile, threads)
+        if torch_device.type == "cpu":
+            torch.set_num_threads(encoder.threads)
         log.info(
-            "loaded %s (%s, %d dims, max %d tokens from %s) on %s in %s",
+            "loaded %s (%s, %d dims, max %d tokens from %s) on %s in %s%s",
             model, spec.model_type, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
-            torch_device, encoder.info.dtype,
+            torch_device, encoder.info.dtype, f", {encoder.threads} threads" if torch_device.type == "cpu" else "",
         )
         return encoder
 
@@ -174,6 +189,10 @@ class Encoder:
         self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None = None
     ) -> np.ndarray:
         """Token-id lists -> (N, E) float32 pooled vectors (not normalised). One host<->device copy each way."""
+        if self.device.type == "cpu":  # per call: the thread count is per calling thread, and the batcher has its own
+            want = 1 if sum(len(s) for s in batch) < SMALL_BATCH_TOKENS else self.threads
+            if torch.get_num_threads() != want:
+                torch.set_num_threads(want)
         packed: PackedBatch = pack(batch, token_types, pin_memory=self.device.type == "cuda").to(self.device)
         hidden = self._forward(packed)  # (T, E)
         vectors = cls_pool(hidden, packed) if self.spec.pooling == "cls" else mean_pool(hidden, packed)

@@ -45,7 +45,7 @@ class PackedBatch:
         """All sequences have the same length: the padded grid is a plain reshape, no mask needed."""
         return min(self.length_list) == self.max_len
 
-    def to(self, device: torch.device | str) -> "PackedBatch":
+    def to(self, device: torch.device | str) -> PackedBatch:
         non_blocking = torch.device(device).type == "cuda"
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:

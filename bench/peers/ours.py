@@ -11,20 +11,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import torch
 
+import model.encoder as encoder_module
 from model.encoder import Encoder
 
 HUGE = 1 << 40  # a max_batch_tokens that never splits: the bench decides the batches
 state: dict = {}
 
 
-def load(model: str, dtype: str = "float32", compile: bool = False, threads: int | None = None) -> dict:
-    enc = Encoder.load(model, device="cpu", dtype=dtype, compile=compile)
-    if threads:
-        torch.set_num_threads(threads)
+def load(model: str, dtype: str = "float32", compile: bool = False, threads: int | None = None,
+         small_batch_tokens: int | None = None) -> dict:
+    if small_batch_tokens is not None:  # fast-path experiments: 0 = every batch on all threads
+        encoder_module.SMALL_BATCH_TOKENS = small_batch_tokens
+    enc = Encoder.load(model, device="cpu", dtype=dtype, compile=compile, threads=threads)
     state["enc"] = enc
     return {
         "dtype": enc.info.dtype,
-        "threads": torch.get_num_threads(),
+        "threads": enc.threads,
         "compile": compile,
         "versions": {"python": platform.python_version(), **common.versions("torch", "tokenizers", "numpy")},
     }
