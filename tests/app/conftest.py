@@ -43,11 +43,27 @@ def wait_ready(base: str, proc: subprocess.Popen | None = None, timeout: float =
 
 
 class ServerProcess:
+    """fp32 unless the args say otherwise: tests compare against exact references, and `auto` picks bf16 on CPUs
+    with native bf16 (AMX, AVX512-BF16)."""
+
     def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            *args,
+        ]
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,

@@ -24,7 +24,7 @@ POISON = 7  # a token id the failing fake refuses
 
 @pytest.fixture(scope="module")
 def tiny():
-    return Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu")
+    return Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu", dtype="float32")
 
 
 def settings(**kw) -> Settings:

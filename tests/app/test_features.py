@@ -71,7 +71,7 @@ def test_server_default_input_type_and_folder_prompts(tmp_path):
 
 def test_long_inputs_error_truncate_chunk():
     limit = 16
-    encoder = Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu", max_input_tokens=limit)
+    encoder = Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu", dtype="float32", max_input_tokens=limit)
     text = " ".join(f"word{i}" for i in range(40))
     ids = encoder.tokenize([text])[0]
     assert len(ids) >= 3 * limit
@@ -122,7 +122,9 @@ def test_cache_is_off_by_default(nomic_server):
 
 def test_query_is_not_stuck_behind_bulk_work():
     batch_s = 0.05
-    encoder = WrappedEncoder(Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu"), delay_s=batch_s)
+    encoder = WrappedEncoder(
+        Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu", dtype="float32"), delay_s=batch_s
+    )
     settings = Settings(model="fake", max_batch_size=256, max_wait_ms=1, max_queue_tokens=10_000_000)
     bulk = [[101, 2000 + (i % 500), 2001, 102] for i in range(2000)]
 
@@ -147,7 +149,7 @@ def test_query_is_not_stuck_behind_bulk_work():
 
 
 def test_tokenize(nomic_server):
-    encoder = Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu")
+    encoder = Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu", dtype="float32")
     r = httpx.post(f"{nomic_server.base}/tokenize", json={"input": [TEXT, "hi"], "input_type": "search_query"})
     assert r.status_code == 200, r.text
     out = r.json()

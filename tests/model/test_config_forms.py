@@ -64,8 +64,8 @@ def test_v5_form_maps_to_the_legacy_values():
 
 def test_merged_config_gives_identical_embeddings(tmp_path):
     folder = copy_model(NOMIC / "tiny", tmp_path / "merged", merged_config("tiny", "tiny-hf5"))
-    merged = Encoder.load(str(folder), device="cpu", max_input_tokens=128)
-    legacy = Encoder.load(str(NOMIC / "tiny"), device="cpu", max_input_tokens=128)
+    merged = Encoder.load(str(folder), device="cpu", dtype="float32", max_input_tokens=128)
+    legacy = Encoder.load(str(NOMIC / "tiny"), device="cpu", dtype="float32", max_input_tokens=128)
     np.testing.assert_array_equal(all_cases(merged, NOMIC / "tiny"), all_cases(legacy, NOMIC / "tiny"))
 
 
@@ -73,7 +73,7 @@ def test_merged_text_config_reproduces_goldens(tmp_path):
     folder = copy_model(
         NOMIC / "nomic-text-tiny", tmp_path / "m", merged_config("nomic-text-tiny", "nomic-text-tiny-hf5")
     )
-    encoder = Encoder.load(str(folder), device="cpu")
+    encoder = Encoder.load(str(folder), device="cpu", dtype="float32")
     cases = load_golden(NOMIC / "nomic-text-tiny")["cases"]
     out = encoder.embed(encoder.tokenize([c["text"] for c in cases]))
     np.testing.assert_allclose(out, [c["mean_pooled_l2"] for c in cases], atol=2e-5)
@@ -99,7 +99,7 @@ def test_disagreeing_forms_fail_naming_both(tmp_path, change, names):
     config = merged_config("tiny", "tiny-hf5") | change
     folder = copy_model(NOMIC / "tiny", tmp_path / "bad", config)
     with pytest.raises(ConfigError) as err:
-        Encoder.load(str(folder), device="cpu")
+        Encoder.load(str(folder), device="cpu", dtype="float32")
     message = str(err.value)
     assert "\n" not in message
     for name in names:
@@ -149,8 +149,8 @@ def test_split_weight_names_load_identically(tmp_path):
                 split[f"{q}.{name}.{s}"] = state.pop(f"{p}.{norm}.{s}")
     assert not state
     save_file({k: v.contiguous() for k, v in split.items()}, folder / "model.safetensors")
-    ours = Encoder.load(str(folder), device="cpu", max_input_tokens=128)
-    legacy = Encoder.load(str(NOMIC / "tiny"), device="cpu", max_input_tokens=128)
+    ours = Encoder.load(str(folder), device="cpu", dtype="float32", max_input_tokens=128)
+    legacy = Encoder.load(str(NOMIC / "tiny"), device="cpu", dtype="float32", max_input_tokens=128)
     np.testing.assert_array_equal(all_cases(ours, NOMIC / "tiny"), all_cases(legacy, NOMIC / "tiny"))
 
 
@@ -161,8 +161,8 @@ def test_bert_prefixed_keys_load(tmp_path):
         {f"bert.{k}": v for k, v in state.items()} | {"cls.predictions.bias": torch.zeros(3)},
         folder / "model.safetensors",
     )
-    ours = Encoder.load(str(folder), device="cpu", max_input_tokens=128)
-    legacy = Encoder.load(str(NOMIC / "tiny"), device="cpu", max_input_tokens=128)
+    ours = Encoder.load(str(folder), device="cpu", dtype="float32", max_input_tokens=128)
+    legacy = Encoder.load(str(NOMIC / "tiny"), device="cpu", dtype="float32", max_input_tokens=128)
     np.testing.assert_array_equal(all_cases(ours, NOMIC / "tiny"), all_cases(legacy, NOMIC / "tiny"))
 
 

@@ -14,7 +14,11 @@ from tests.conftest import NOMIC, ROOT, load_golden, unpad
 
 def run_embed(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "model", "embed", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "model", "embed", "--dtype", "float32", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

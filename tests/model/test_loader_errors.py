@@ -33,14 +33,14 @@ def test_missing_tensor(tiny):
     del state["encoder.layers.1.mlp.fc2.weight"]
     save_file(state, tiny / "model.safetensors")
     with pytest.raises(WeightsError, match=r"missing: encoder\.layers\.1\.mlp\.fc2\.weight"):
-        Encoder.load(str(tiny), device="cpu")
+        Encoder.load(str(tiny), device="cpu", dtype="float32")
 
 
 def test_unexpected_tensor(tiny):
     state = load_file(tiny / "model.safetensors") | {"encoder.layers.0.attn.Wqkv.bias": torch.zeros(192)}
     save_file(state, tiny / "model.safetensors")
     with pytest.raises(WeightsError, match=r"unexpected: encoder\.layers\.0\.attn\.Wqkv\.bias"):
-        Encoder.load(str(tiny), device="cpu")
+        Encoder.load(str(tiny), device="cpu", dtype="float32")
 
 
 def test_wrong_shape(tiny):
@@ -50,25 +50,25 @@ def test_wrong_shape(tiny):
     with pytest.raises(
         WeightsError, match=r"wrong shape: encoder\.layers\.0\.attn\.out_proj\.weight \(64, 32\) != \(64, 64\)"
     ):
-        Encoder.load(str(tiny), device="cpu")
+        Encoder.load(str(tiny), device="cpu", dtype="float32")
 
 
 def test_config_that_does_not_match_weights(tiny):
     edit_config(tiny, n_layer=3)
     with pytest.raises(WeightsError, match="missing: encoder.layers.2"):
-        Encoder.load(str(tiny), device="cpu")
+        Encoder.load(str(tiny), device="cpu", dtype="float32")
 
 
 def test_unknown_model_type(tiny):
     edit_config(tiny, model_type="gpt_neox")
     with pytest.raises(ConfigError, match="model_type='gpt_neox' is not supported"):
-        Encoder.load(str(tiny), device="cpu")
+        Encoder.load(str(tiny), device="cpu", dtype="float32")
 
 
 def test_corrupt_safetensors(tiny):
     (tiny / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(WeightsError, match="cannot read model.safetensors"):
-        Encoder.load(str(tiny), device="cpu")
+        Encoder.load(str(tiny), device="cpu", dtype="float32")
 
 
 @pytest.mark.parametrize(
@@ -84,13 +84,13 @@ def test_corrupt_safetensors(tiny):
 def test_unsupported_config_values_name_the_field(tiny, changes, field):
     edit_config(tiny, **changes)
     with pytest.raises(ConfigError) as err:
-        Encoder.load(str(tiny), device="cpu")
+        Encoder.load(str(tiny), device="cpu", dtype="float32")
     assert field in str(err.value) and "\n" not in str(err.value)
 
 
 def test_missing_folder_and_unreachable_hub(monkeypatch, tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
-        Encoder.load(str(tmp_path / "nope"), device="cpu")
+        Encoder.load(str(tmp_path / "nope"), device="cpu", dtype="float32")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     result = subprocess.run(

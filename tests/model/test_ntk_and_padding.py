@@ -75,7 +75,7 @@ def sequences():
 
 
 def test_ntk_bases_match_the_spec(ntk_dir):
-    rotary = Encoder.load(str(ntk_dir), device="cpu").model.rotary
+    rotary = Encoder.load(str(ntk_dir), device="cpu", dtype="float32").model.rotary
     assert rotary.scaled_base(32) == 1000.0  # strict '>': at the trained length nothing changes
     assert rotary.scaled_base(50) == pytest.approx(2366.598, abs=1e-3)
     assert rotary.scaled_base(70) == pytest.approx(4015.517, abs=1e-3)
@@ -103,8 +103,8 @@ def test_alone_equals_inside_a_padded_batch(ntk_dir, use_ntk):
 
 
 def test_ntk_changes_long_sequences_only(ntk_dir):
-    plain = Encoder.load(str(NOMIC / "tiny"), device="cpu")
-    ntk = Encoder.load(str(ntk_dir), device="cpu")
+    plain = Encoder.load(str(NOMIC / "tiny"), device="cpu", dtype="float32")
+    ntk = Encoder.load(str(ntk_dir), device="cpu", dtype="float32")
     long50, _, short30 = sequences()
     np.testing.assert_allclose(plain.pooled([short30]), ntk.pooled([short30]), atol=1e-6)
     assert np.abs(plain.pooled([long50]) - ntk.pooled([long50])).max() > 1e-2
@@ -112,7 +112,7 @@ def test_ntk_changes_long_sequences_only(ntk_dir):
 
 def test_no_history(ntk_dir):
     """The reference rebuilds its cache only for longer inputs (§4.4); ours gives the same answer in any order."""
-    encoder = Encoder.load(str(ntk_dir), device="cpu")
+    encoder = Encoder.load(str(ntk_dir), device="cpu", dtype="float32")
     long50, long70, short30 = sequences()
     first = encoder.pooled([long50])
     encoder.pooled([long70])

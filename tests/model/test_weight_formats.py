@@ -22,7 +22,7 @@ TEXTS = [c["text"] for c in load_golden(NOMIC / "nomic-text-tiny")["cases"]]
 
 @pytest.fixture(scope="module")
 def expected():
-    enc = Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu")
+    enc = Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu", dtype="float32")
     return enc.embed(enc.tokenize(TEXTS))
 
 
@@ -33,7 +33,7 @@ def folder_without_weights(tmp_path):
 
 
 def embed(folder) -> np.ndarray:
-    enc = Encoder.load(str(folder), device="cpu")
+    enc = Encoder.load(str(folder), device="cpu", dtype="float32")
     return enc.embed(enc.tokenize(TEXTS))
 
 
@@ -55,7 +55,7 @@ def test_hostile_pickle_runs_no_code(tmp_path, monkeypatch):
     with open(folder / "pytorch_model.bin", "wb") as f:
         pickle.dump({"embeddings.word_embeddings.weight": Exploit()}, f)
     with pytest.raises(WeightsError, match="cannot read pytorch_model.bin"):
-        Encoder.load(str(folder), device="cpu")
+        Encoder.load(str(folder), device="cpu", dtype="float32")
     assert not mark.exists()
 
 
@@ -85,5 +85,5 @@ def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, expected):
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    enc = Encoder.load("nomic-ai/nomic-embed-text-v1.5", device="cpu")
+    enc = Encoder.load("nomic-ai/nomic-embed-text-v1.5", device="cpu", dtype="float32")
     np.testing.assert_array_equal(enc.embed(enc.tokenize(TEXTS)), expected)
