@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "checks": ctx.checks,
         "notes": ctx.notes,
     }
+    result["targets"] = report.targets(ctx.rows)
     paths = report.write(result, args.out)
     print(report.markdown(result))
     print(f"wrote {paths['json']} and {paths['md']} (+ {len(result['plots'])} plots); logs in {work}")

@@ -68,6 +68,39 @@ def fmt(x: float | None) -> str:
     return f"{x:.2f}"
 
 
+def _find(rows: list[dict], **match) -> dict | None:
+    for r in rows:
+        if all(r["params"].get(k) == v for k, v in match.items() if k != "group") and r["group"] == match["group"]:
+            return r
+    return None
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 12's targets, judged from this run's rows (None where the run lacks the row or the peer)."""
+    out = []
+
+    def add(name: str, value: float | None, goal: float, fmt_: str, *, at_most: bool = False) -> None:
+        met = None if value is None else (value <= goal if at_most else value >= goal)
+        out.append({"target": name, "value": value, "goal": goal, "met": met,
+                    "text": "–" if value is None else fmt_.format(value)})
+
+    for kind in ("short", "medium"):
+        rate = _find(rows, group="server", kind=kind, concurrency=16, metric="embeddings_per_s")
+        p50 = _find(rows, group="server", kind=kind, concurrency=16, metric="p50")
+        add(f"server {kind} c=16: embeddings/s vs Infinity", rate and rate["ratio"], 1.5, "{:.2f}x")
+        add(f"server {kind} c=16: p50 latency no worse than Infinity's", p50 and p50["ratio"], 1.0, "{:.2f}x")
+    inproc = _find(rows, group="inprocess", kind="medium", batch_size=32, metric="tokens_per_s")
+    add("in-process ~180 tok batch 32: tokens/s vs sentence-transformers", inproc and inproc["ratio"], 1.2, "{:.2f}x")
+    mfu = _find(rows, group="nomic", kind="512x16", metric="mfu")
+    add("NomicBert 512 x 16: % of measured matmul peak", mfu and mfu["ours"], 70.0, "{:.1f}%")
+    for r in rows:
+        if r["group"] == "nomic" and r["params"].get("kind") == "mixed" and r["params"].get("metric") == "tokens_per_s":
+            add(f"{r['scenario'].removesuffix(' tokens/s')}: tokens/s vs transformers", r["ratio"], 1.3, "{:.2f}x")
+    idle = _find(rows, group="server", metric="idle_p50")
+    add("single short request, idle server: p50 ms", idle and idle["ours"], 10.0, "{:.1f} ms", at_most=True)
+    return out
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
@@ -86,6 +119,13 @@ def markdown(result: dict) -> str:
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "–"
         lines.append(f"| {r['scenario']} | {r['unit']} | {fmt(r['ours'])} | {r['peer'] or '–'} | "
                      f"{fmt(r['peer_value'])} | {ratio} |")
+    goals = targets(result["rows"])
+    if goals:
+        lines += ["", "## Targets (issue 12)", "", "| target | goal | this run | met |", "| --- | ---: | ---: | --- |"]
+        for t in goals:
+            goal = f"<= {t['goal']:g}" if "idle" in t["target"] else f">= {t['goal']:g}"
+            met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
+            lines.append(f"| {t['target']} | {goal} | {t['text']} | {met} |")
     if result["checks"]:
         lines += ["", "## Agreement checks", ""]
         for c in result["checks"]:
@@ -97,12 +137,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _series(rows: list[dict], metric: str, key: str, **match) -> dict[str, list[tuple[float, float]]]:
-    """{"ours": [(x, y)], peer: [(x, y)]} for the rows of one metric matching `match` on their params."""
+def _series(rows: list[dict], group: str, metric: str, key: str, **match) -> dict[str, list[tuple[float, float]]]:
+    """{"ours": [(x, y)], peer: [(x, y)]} for one group's rows of one metric matching `match` on their params."""
     out: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         p = r["params"]
-        if p.get("metric") != metric or any(p.get(k) != v for k, v in match.items()):
+        if r["group"] != group or p.get("metric") != metric or any(p.get(k) != v for k, v in match.items()):
             continue
         out.setdefault("ours", []).append((p[key], r["ours"]))
         if r["peer_value"] is not None:
@@ -133,7 +173,7 @@ def plots(result: dict, stem: Path) -> list[str]:
     if kinds:
         fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
         for ax, kind in zip(axes[0], kinds):
-            for name, pts in _series(rows, "tokens_per_s", "batch_size", kind=kind).items():
+            for name, pts in _series(rows, "inprocess", "tokens_per_s", "batch_size", kind=kind).items():
                 ax.plot(*zip(*pts), marker="o", label=name)
             ax.set_xscale("log", base=2)
             ax.set(title=f"MiniLM in-process, {kind} inputs", xlabel="batch size", ylabel="tokens/s")
@@ -147,7 +187,7 @@ def plots(result: dict, stem: Path) -> list[str]:
                   and r["params"].get("kind") != "mixed"]
     if nomic_rows:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for name, pts in _series(nomic_rows, "tokens_per_s", "max_len").items():
+        for name, pts in _series(nomic_rows, "nomic", "tokens_per_s", "max_len").items():
             ax.plot(*zip(*pts), marker="o", label=name)
         ax.set_xscale("log", base=2)
         ax.set(xlabel="sequence length (tokens)", ylabel="tokens/s", title="NomicBert (full size), one batch per point")
@@ -162,7 +202,8 @@ def plots(result: dict, stem: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
         for ax, kind in zip(axes[0], kinds):
             for q, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
-                for (name, pts), color in zip(_series(rows, q, "concurrency", kind=kind).items(), ("C0", "C1")):
+                series = _series(rows, "server", q, "concurrency", kind=kind)
+                for (name, pts), color in zip(series.items(), ("C0", "C1")):
                     ax.plot(*zip(*pts), style, marker="o", color=color, label=f"{name} {q}")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")

@@ -37,6 +37,9 @@ def test_json_rows_and_machine(run):
     for key in ("cpu_model", "cores", "has_amx", "dtype", "versions", "loadavg_start", "loadavg_end"):
         assert key in m, key
     assert m["dtype"] == "float32" and m["cores"] >= 1 and m["versions"]["torch"]
+    assert {t["target"] for t in result["targets"]} >= {"single short request, idle server: p50 ms"}
+    idle = next(t for t in result["targets"] if "idle" in t["target"])
+    assert idle["value"] is not None and idle["met"] in (True, False)  # ours alone is enough for this one
     scenarios_seen = " ".join(r["scenario"] for r in result["rows"])
     for needle in ("in-process", "tokens/s", "MFU", "matmul peak", "p50", "p99", "c=4", "idle"):
         assert needle in scenarios_seen, needle
@@ -46,7 +49,7 @@ def test_markdown_and_plots(run):
     pytest.importorskip("matplotlib")
     md = (run / "2000-01-01-cpu.md").read_text()
     assert "| scenario | unit | ours | peer | peer value | ratio |" in md
-    assert "Machine:" in md
+    assert "Machine:" in md and "## Targets (issue 12)" in md
     pngs = sorted(p.name for p in run.glob("*.png"))
     assert pngs == ["2000-01-01-cpu-latency-vs-concurrency.png", "2000-01-01-cpu-throughput-vs-batch.png",
                     "2000-01-01-cpu-throughput-vs-seqlen.png"]
