@@ -32,6 +32,7 @@ def machine(dtype: str, device: str, versions: dict) -> dict:
     return {
         "device": device,
         "cpu_model": info.get("Model name") or platform.processor(),
+        "cpu_family_model_stepping": [info.get("CPU family"), info.get("Model"), info.get("Stepping")],
         "cores": len(os.sched_getaffinity(0)),
         "has_amx": "amx_bf16" in flags,
         "avx512": "avx512f" in flags,
