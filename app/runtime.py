@@ -138,5 +138,7 @@ class Runtime:
             log.warning("shutdown grace period over with %d requests unanswered", self.in_flight)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async on purpose, like every dependency here: FastAPI runs sync dependencies in a thread pool, and those thread
+    # hops (fighting the encoder thread for the GIL) were the bottleneck at 64 concurrent clients
     return request.app.state.runtime

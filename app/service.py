@@ -19,6 +19,7 @@ from app.settings import Settings
 
 INTERACTIVE_MAX_INPUTS = 8  # requests this small (and short) jump ahead of bulk work
 INTERACTIVE_MAX_TOKENS = 1024
+INLINE_TOKENIZE_CHARS = 2048  # below this, tokenising on the event loop is cheaper than handing it to a thread
 
 
 @dataclass
@@ -102,6 +103,8 @@ class EmbeddingService:
     async def tokenize(self, texts: Sequence[str], prefix: str) -> list[list[int]]:
         if self.encoder.tokenizer is None:
             raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # microseconds of work: a thread hop would cost more
+            return self.encoder.tokenize(texts, prefix)
         return await asyncio.to_thread(self.encoder.tokenize, texts, prefix)
 
     def fit(self, ids: list[int], index: int, mode: str, from_text: bool) -> list[list[int]]:

@@ -22,7 +22,7 @@ INPUT_SHAPES = (
 T = TypeVar("T")
 
 
-def require_api_key(request: Request, rt: Runtime = Depends(get_runtime)) -> None:
+async def require_api_key(request: Request, rt: Runtime = Depends(get_runtime)) -> None:
     key = rt.settings.api_key
     if not key:
         return
@@ -33,7 +33,7 @@ def require_api_key(request: Request, rt: Runtime = Depends(get_runtime)) -> Non
         raise APIError(401, "Incorrect or missing API key: send `Authorization: Bearer KEY`", code="invalid_api_key")
 
 
-def require_ready(rt: Runtime = Depends(get_runtime)) -> Runtime:
+async def require_ready(rt: Runtime = Depends(get_runtime)) -> Runtime:
     if rt.draining:
         raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"})
     if not rt.ready:
