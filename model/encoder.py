@@ -212,14 +212,14 @@ class Encoder:
         """Embed any number of inputs, in length-sorted sub-batches of at most `max_batch_tokens` padded tokens."""
         order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
         out = np.empty((len(batch), self.info.hidden_size), dtype=np.float32)
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and self.batch_cost([len(batch[i]) for i in order[start : end + 1]]) <= max_batch_tokens:
-                end += 1
-            idx = order[start:end]
-            out[idx] = self.pooled([batch[i] for i in idx])
-            start = end
+        chunk: list[int] = []  # indices of the sub-batch being filled (ascending length, so its cost only grows)
+        for i in [*order, None]:
+            lengths = [len(batch[j]) for j in chunk] + ([len(batch[i])] if i is not None else [])
+            if chunk and (i is None or self.batch_cost(lengths) > max_batch_tokens):
+                out[chunk] = self.pooled([batch[j] for j in chunk])
+                chunk = []
+            if i is not None:
+                chunk.append(i)
         return self.finish(out, dimensions)
 
     def warmup(self) -> None:
