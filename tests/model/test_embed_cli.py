@@ -33,32 +33,13 @@ def test_text_and_ids_in_order(tmp_path, folder):
     for i, case in enumerate(cases):  # alternate text and token-id lines
         lines.append({"text": case["text"]} if i % 2 == 0 else {"input_ids": case["input_ids"]})
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    result = run_embed(
-        "--model",
-        str(NOMIC / folder),
-        "--input",
-        str(tmp_path / "in.jsonl"),
-        "--output",
-        str(tmp_path / "out.jsonl"),
-        "--device",
-        "cpu",
-    )
+    files = ["--model", str(NOMIC / folder), "--input", str(tmp_path / "in.jsonl")]
+    result = run_embed(*files, "--output", str(tmp_path / "out.jsonl"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "line" in result.stderr  # the progress bar
     out = read_jsonl(tmp_path / "out.jsonl")
     np.testing.assert_allclose([o["embedding"] for o in out], [c["mean_pooled_l2"] for c in cases], atol=2e-5)
-    result = run_embed(
-        "--model",
-        str(NOMIC / folder),
-        "--input",
-        str(tmp_path / "in.jsonl"),
-        "--output",
-        str(tmp_path / "out32.jsonl"),
-        "--dimensions",
-        "32",
-        "--batch-tokens",
-        "16",
-    )
+    result = run_embed(*files, "--output", str(tmp_path / "out32.jsonl"), "--dimensions", "32", "--batch-tokens", "16")
     assert result.returncode == 0, result.stderr
     out = read_jsonl(tmp_path / "out32.jsonl")
     np.testing.assert_allclose([o["embedding"] for o in out], [c["matryoshka_32"] for c in cases], atol=2e-5)
