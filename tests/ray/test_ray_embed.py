@@ -31,8 +31,9 @@ WORDS = ["the", "of", "rotary", "attention", "layer", "norm", "embedding", "sear
 
 
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model", "embed", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    # fp32: outputs are compared at 1e-5, and `auto` picks bf16 on CPUs with native bf16
+    cmd = [sys.executable, "-m", "model", "embed", "--dtype", "float32", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def read_parts(folder: Path) -> pa.Table:
@@ -60,7 +61,7 @@ def corpus(tmp_path_factory) -> tuple[Path, np.ndarray, bool]:
         "import json, sys\n"
         "from model.__main__ import main\n"
         f"rc = main(['embed', '--model', {str(TINY)!r}, '--input', {str(folder / 'in.jsonl')!r},"
-        f" '--output', {str(folder / 'single.jsonl')!r}, '--device', 'cpu'])\n"
+        f" '--output', {str(folder / 'single.jsonl')!r}, '--device', 'cpu', '--dtype', 'float32'])\n"
         "print(json.dumps({'rc': rc, 'ray': 'ray' in sys.modules, 'pyarrow': 'pyarrow' in sys.modules}))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=ENV, capture_output=True, text=True,
@@ -132,7 +133,8 @@ def test_killed_worker_is_replaced_and_every_row_is_written_once(corpus, tmp_pat
     source, reference, _ = corpus
     out = tmp_path / "out"
     # small batches (16 rows) so the run has many batches in flight when the worker dies
-    cmd = [sys.executable, "-m", "model", "embed", "--model", str(TINY), "--input", str(source), "--output", str(out),
+    cmd = [sys.executable, "-m", "model", "embed", "--dtype", "float32", "--model", str(TINY), "--input", str(source),
+           "--output", str(out),
            "--device", "cpu", "--ray", "local", "--workers", "2", "--batch-tokens", "512"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
