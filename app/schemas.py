@@ -10,7 +10,6 @@ TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
 Texts = Annotated[list[StrictStr], Field(min_length=1)]
 EmbeddingInput = StrictStr | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
 
-INPUT_TYPES = ("search_query", "search_document", "classification", "clustering")
 INPUT_TYPE_ALIASES = {"query": "search_query", "document": "search_document", "passage": "search_document"}
 
 
