@@ -93,8 +93,11 @@ def pack(
         max_len=max(lengths),
         length_list=lengths,
     )
-    if pin_memory:
-        batch.input_ids = batch.input_ids.pin_memory()
+    if pin_memory:  # page-locked, so the copies to the GPU are asynchronous
+        for name in ("input_ids", "token_type_ids", "positions", "seq_index", "lengths", "cu_seqlens"):
+            tensor = getattr(batch, name)
+            if tensor is not None:
+                setattr(batch, name, tensor.pin_memory())
     return batch
 
 
