@@ -102,6 +102,9 @@ class Runtime:
             on_batch=self._on_batch,
         )
         await self.batcher.start()
+        batcher = self.batcher  # queue gauges are read at scrape time, on the API port and on --metrics-port alike
+        self.metrics.queue_depth.set_function(lambda: batcher.queue_items)
+        self.metrics.queue_tokens.set_function(lambda: batcher.queue_tokens)
         self._service = EmbeddingService(self.encoder, self.batcher, s, self.metrics, self.cache)
         self.metrics.model_info.labels(
             self.model_name, info.model_type, info.device, info.dtype, str(info.max_input_tokens), str(info.hidden_size)
@@ -116,12 +119,9 @@ class Runtime:
         )
 
     def _on_batch(self, stats: BatchStats) -> None:
-        assert self.batcher is not None
         self.metrics.observe_batch(
             stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s, stats.compute_s
         )
-        self.metrics.queue_depth.set(self.batcher.queue_items)
-        self.metrics.queue_tokens.set(self.batcher.queue_tokens)
 
     async def drain(self) -> None:
         """Stop taking work, answer everything admitted (within the grace period), stop the worker."""

@@ -28,16 +28,9 @@ async def ready(rt: Runtime = Depends(get_runtime)) -> JSONResponse:
     return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
 
 
-def metrics_response(rt: Runtime) -> Response:
-    if rt.batcher is not None:  # gauges read at scrape time
-        rt.metrics.queue_depth.set(rt.batcher.queue_items)
-        rt.metrics.queue_tokens.set(rt.batcher.queue_tokens)
-    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
 metrics_router = APIRouter()
 
 
 @metrics_router.get("/metrics")
 async def metrics(rt: Runtime = Depends(get_runtime)) -> Response:
-    return metrics_response(rt)
+    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
