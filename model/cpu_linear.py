@@ -1,0 +1,98 @@
+"""Linear layers on oneDNN for CPU inference: weights packed once at load, bias and activation fused into the matmul.
+
+Why: PyTorch's CPU `nn.Linear` calls MKL, which on AMD CPUs runs a slower code path than the hardware allows, and adds
+the bias as a separate broadcast copy. oneDNN's packed-weight matmul (the kernel `torch.compile` uses on CPU) measured
+on a Zen 4 EPYC, fp32: 1.2-1.45x MKL's speed on the encoders' large shapes, 1.8-2.2x on 16-token batches; end to end
+all-MiniLM-L6-v2 at 180 tokens x 32 went from 5,742 to 6,997 tokens/s with the embeddings equal to 1e-6. On other CPUs
+MKL may be the faster one, so `install` times both once per process and dtype (on a BERT-base-sized layer, so every
+model loaded in one process makes the same choice) and keeps the winner.
+
+The swap happens once, after the model is on its device in its dtype; the model files know nothing about it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.activations import gelu_tanh
+
+log = logging.getLogger(__name__)
+
+# activation -> oneDNN post-op (name, algorithm), for fc1 layers whose activation can run inside the matmul
+POST_OPS = {F.gelu: ("gelu", "none"), gelu_tanh: ("gelu", "tanh"), F.relu: ("relu", "")}
+
+
+def available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+class PackedLinear(nn.Module):
+    """y = activation(x @ W.T + b) with W packed in oneDNN's blocked layout. x: (T, in) -> (T, out)."""
+
+    def __init__(self, linear: nn.Linear, activation=None):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.post_op, self.algorithm = POST_OPS[activation] if activation is not None else ("none", "")
+        # plain attributes, not parameters: the packed weight is an opaque oneDNN tensor
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.post_op, [], self.algorithm)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _best_time(fn, reps: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@functools.cache
+@torch.inference_mode()
+def onednn_speedup(dtype: torch.dtype, tokens: int = 256, features: tuple[int, int] = (768, 3072)) -> float:
+    """How many times faster the packed oneDNN matmul is than nn.Linear on this CPU, for a (tokens, 768) input."""
+    linear = nn.Linear(*features, dtype=dtype)
+    x = torch.randn(tokens, features[0], dtype=dtype)
+    packed = PackedLinear(linear)
+    return _best_time(lambda: linear(x)) / _best_time(lambda: packed(x))
+
+
+def install(model: nn.Module, min_speedup: float = 1.05) -> str:
+    """Swap the model's nn.Linear layers for PackedLinear when oneDNN wins on this CPU. Returns the kernel in use."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears or not available():
+        return "aten"
+    weight = linears[0].weight
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+        return "aten"
+    try:
+        speedup = onednn_speedup(weight.dtype)
+    except RuntimeError as exc:  # a build whose oneDNN lacks the op for this dtype
+        log.info("oneDNN linear unavailable (%s); keeping nn.Linear", exc)
+        return "aten"
+    log.info("oneDNN packed linear measured at %.2fx nn.Linear in %s", speedup, weight.dtype)
+    if speedup < min_speedup:
+        return "aten"
+    for module in list(model.modules()):
+        # a plain MLP (fc1 then a pointwise activation): the activation runs as the matmul's post-op
+        fc1, act = getattr(module, "fc1", None), getattr(module, "act", None)
+        if isinstance(fc1, nn.Linear) and act in POST_OPS and not getattr(module, "gated", False):
+            module.fc1, module.act = PackedLinear(fc1, act), identity
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, PackedLinear(child))
+    return "onednn"
