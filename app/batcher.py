@@ -10,8 +10,10 @@ Scheduling:
 - batch: the class's oldest item plus its nearest neighbours by length (small padding), grown while
   `cost(lengths) <= max_batch_tokens` and size <= `max_batch_size`; an oversized item runs alone.
 - timing: a full batch goes at once; an idle worker waits up to `max_wait_ms` from the oldest item's
-  arrival for company. At most one (full) batch waits ahead of the running one; a bulk batch waiting
-  there is taken back into the queue when an interactive item arrives.
+  arrival for company, but only while traffic is dense: a request arriving more than `max_wait_ms`
+  after the one before it goes at once (waiting for company that is not coming only adds latency).
+  At most one (full) batch waits ahead of the running one; a bulk batch waiting there is taken back
+  into the queue when an interactive item arrives.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class Batcher(Generic[R]):
         self._inflight: list[_Job] = []  # the running job, then at most one waiting ahead
         self._open: set[_Request] = set()
         self._last_bulk = float("-inf")
+        self._last_arrival = float("-inf")
+        self._sparse = True  # the latest request came more than max_wait after the one before it
         self._rate: float | None = None  # recent throughput, real tokens per compute second
         self._draining = False
         self._death: BaseException | None = None
@@ -186,6 +190,7 @@ class Batcher(Generic[R]):
         now = self._loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline passed before the request was queued")
+        self._sparse, self._last_arrival = now - self._last_arrival > self._max_wait, now
         req = _Request(self._loop.create_future(), [None] * len(items), len(items), deadline)
         req.items = [_Item(req, i, ids, len(ids), priority, now, next(self._seq)) for i, ids in enumerate(items)]
         for it in req.items:
@@ -308,7 +313,7 @@ class Batcher(Generic[R]):
             cls = self._pick_class(now)
             items, full, oldest = self._plan(cls)
             idle = not self._inflight
-            if full or (idle and now >= oldest + self._max_wait):
+            if full or (idle and (self._sparse or now >= oldest + self._max_wait)):
                 self._dispatch(items, cls, now)
             else:  # a partial batch only goes to an idle worker, so a busy one gets a fuller batch next
                 return oldest + self._max_wait - now if idle else None

@@ -5,22 +5,30 @@ T = the sum of the real lengths, so no matmul ever touches a pad token. Only att
 ends and the next begins:
 
 - on CUDA in fp16/bf16, PyTorch's variable-length flash attention (`varlen_attn`) reads `cu_seqlens` directly;
-- elsewhere (CPU, fp32), q/k/v are scattered into a padded (B, H, S, D) grid for `scaled_dot_product_attention` with a
-  key mask and gathered back, which is exact and costs padding only inside attention.
+- elsewhere (CPU, fp32), `scaled_dot_product_attention` runs on a padded (B, H, S, D) grid with a key mask (q/k/v
+  scattered in and gathered back: exact, padding costs only inside attention), or, when lengths differ so much that
+  the grid would be mostly padding, once per sequence on its own tokens (no padding at all).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-try:  # torch >= 2.10 on CUDA builds; absent or CPU-only elsewhere
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # pragma: no cover - depends on the torch build
-    varlen_attn = None
+
+@functools.cache
+def _varlen_attn():
+    """torch >= 2.10's varlen flash attention, or None. Imported on first CUDA use: the import pulls in torch._dynamo,
+    ~1.5 s of start-up a CPU server does not need."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # pragma: no cover - depends on the torch build
+        return None
+    return varlen_attn
 
 
 @dataclass
@@ -102,20 +110,47 @@ def pack(
 
 
 def use_varlen(q: torch.Tensor) -> bool:
-    return varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _varlen_attn() is not None
+
+
+# Per-sequence attention replaces the padded grid when the grid holds at least this many times the real attention
+# work (sum of squared lengths) and sequences average at least PER_SEQUENCE_MIN_MEAN tokens, so one call per sequence
+# (~40 us each on CPU) stays cheap. Measured on a Zen 4 EPYC, fp32, 12 heads x 32: 32 sequences of 11-174 tokens
+# 30 -> 12 ms per layer, 2 x 300 + 14 x 20 tokens 31 -> 5.4 ms; 64 sequences of 10-20 tokens stay on the grid
+# (1.4 vs 3.8 ms).
+PER_SEQUENCE_MIN_WASTE = 1.5
+PER_SEQUENCE_MIN_MEAN = 32
+
+
+def per_sequence_pays(batch: PackedBatch) -> bool:
+    lengths = batch.length_list
+    real = sum(n * n for n in lengths)
+    return (
+        len(lengths) * batch.max_len**2 >= PER_SEQUENCE_MIN_WASTE * real
+        and sum(lengths) >= PER_SEQUENCE_MIN_MEAN * len(lengths)
+    )
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """Bidirectional attention inside each sequence. q, k, v: (T, H, D) -> (T, H, D)."""
     if use_varlen(q):
         cu = batch.cu_seqlens
-        return varlen_attn(q, k, v, cu, cu, batch.max_len, batch.max_len)
+        return _varlen_attn()(q, k, v, cu, cu, batch.max_len, batch.max_len)
     B, S = batch.batch_size, batch.max_len
     T, H, D = q.shape
     if batch.uniform:  # equal lengths: the packed tokens already form the (B, S) grid
         grid = [t.view(B, S, H, D).transpose(1, 2) for t in (q, k, v)]  # (B, H, S, D)
         out = F.scaled_dot_product_attention(*grid)
         return out.transpose(1, 2).reshape(T, H, D)
+    if per_sequence_pays(batch):
+        out = torch.empty_like(q)
+        start = 0
+        for n in batch.length_list:
+            seq = slice(start, start + n)
+            heads = [t[seq].transpose(0, 1) for t in (q, k, v)]  # (H, n, D) views
+            out[seq] = F.scaled_dot_product_attention(*heads).transpose(0, 1)
+            start += n
+        return out
     slot = batch.seq_index * S + batch.positions  # (T,) flat index into the (B*S) grid
     grid = []
     for t in (q, k, v):

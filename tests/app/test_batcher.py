@@ -123,15 +123,21 @@ def test_oversized_item_runs_alone() -> None:
     run(main)
 
 
-def test_lone_item_waits_max_wait() -> None:
+def test_item_after_silence_goes_at_once_but_dense_traffic_waits_max_wait() -> None:
     async def main() -> None:
         enc = FakeEncoder()
         b = make(enc, max_wait_ms=50)
         await b.start()
         t0 = time.monotonic()
-        assert await b.submit([[3, 4]]) == [7]
-        waited = enc.started[0] - t0
-        assert 0.045 <= waited < 0.1, waited
+        assert await b.submit([[3, 4]]) == [7]  # nothing came before it: no company to wait for
+        assert enc.started[0] - t0 < 0.03, enc.started[0] - t0
+        t1 = time.monotonic()  # this one comes right behind the last: more may follow, so it waits for them
+        assert await b.submit([[5]]) == [5]
+        assert 0.045 <= enc.started[1] - t1 < 0.1, enc.started[1] - t1
+        await asyncio.sleep(0.08)  # a gap longer than max_wait: traffic went quiet
+        t2 = time.monotonic()
+        assert await b.submit([[6]]) == [6]
+        assert enc.started[2] - t2 < 0.03, enc.started[2] - t2
         await b.drain(1)
 
     run(main)

@@ -1,0 +1,39 @@
+"""Attention on packed batches: the padded grid, the per-sequence loop and a sequence alone agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import packing
+from model.packing import pack, packed_attention, per_sequence_pays
+
+H, D = 4, 16
+
+
+def _qkv(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(sum(lengths), H, D, generator=gen) for _ in range(3))
+
+
+@pytest.mark.parametrize("lengths", [[300, 300, 20, 20, 20, 33], [11, 174, 90, 40], [180, 171, 189], [5, 9, 16]])
+def test_grid_per_sequence_and_alone_agree(lengths, monkeypatch):
+    q, k, v = _qkv(lengths)
+    batch = pack([[1] * n for n in lengths])
+    chosen = packed_attention(q, k, v, batch)
+    monkeypatch.setattr(packing, "PER_SEQUENCE_MIN_WASTE", float("inf"))  # force the masked grid
+    grid = packed_attention(q, k, v, batch)
+    torch.testing.assert_close(chosen, grid, atol=1e-5, rtol=1e-5)
+    start = 0
+    for n in lengths:  # each sequence alone is a uniform batch of one: no mask, no loop
+        seq = slice(start, start + n)
+        alone = packed_attention(q[seq], k[seq], v[seq], pack([[1] * n]))
+        torch.testing.assert_close(chosen[seq], alone, atol=1e-5, rtol=1e-5)
+        start += n
+
+
+def test_per_sequence_only_where_the_grid_is_mostly_padding():
+    assert per_sequence_pays(pack([[1] * n for n in [300, 300] + [20] * 14]))
+    assert per_sequence_pays(pack([[1] * n for n in [11, 174, 90, 40]]))
+    assert not per_sequence_pays(pack([[1] * n for n in [180, 171, 189]]))  # nearly uniform: one grid call
+    assert not per_sequence_pays(pack([[1] * n for n in [10, 20] * 32]))  # short: per-call overhead would dominate
