@@ -227,9 +227,10 @@ def nomic(ctx: Context) -> None:
         peak = ours.call("matmul_peak", n=4096 if ctx.nomic is None else 1024, dtype="float32",
                          max_s=4.0 if p.name == "full" else 1.5)
         ctx.info["matmul_peak"] = peak
-        ctx.rows.append(make_row("nomic", "dense fp32 matmul peak (torch.mm, best)", "GFLOP/s",
+        kernels = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak["per_kernel_best_flops"].items())
+        ctx.rows.append(make_row("nomic", f"dense fp32 matmul peak (best of {kernels})", "GFLOP/s",
                                  peak["best_flops"] / 1e9, None, None, n=peak["n"], threads=peak["threads"],
-                                 median_gflops=peak["median_flops"] / 1e9, metric="peak"))
+                                 median_gflops=peak["median_flops"] / 1e9, kernel=peak["kernel"], metric="peak"))
         hf = peer_runner(ctx, "transformers", "hf_nomic.py") if hf5.exists() else None
         if ctx.peers and hf is None and not hf5.exists():
             ctx.note(f"transformers nomic_bert: no v5 twin of {folder} (only built checkpoints have one)")

@@ -12,6 +12,7 @@ import common
 import torch
 
 import model.encoder as encoder_module
+from model import cpu_linear
 from model.encoder import Encoder
 
 HUGE = 1 << 40  # a max_batch_tokens that never splits: the bench decides the batches
@@ -28,6 +29,7 @@ def load(model: str, dtype: str = "float32", compile: bool = False, threads: int
         "dtype": enc.info.dtype,
         "threads": enc.threads,
         "compile": compile,
+        "linear_kernel": enc.linear_kernel,
         "versions": {"python": platform.python_version(), **common.versions("torch", "tokenizers", "numpy")},
     }
 
@@ -79,17 +81,26 @@ def flops(lengths: list[int]) -> dict:
     return {"flops": float(sum(n * model.flops_per_token(n) for n in lengths))}
 
 
+@torch.inference_mode()
 def matmul_peak(n: int = 4096, dtype: str = "float32", max_s: float = 4.0, threads: int | None = None) -> dict:
-    """This machine's dense matmul rate: torch.mm on n x n operands, best and median of the timed calls."""
+    """This machine's dense matmul rate on n x n operands: the better of torch.mm (MKL) and oneDNN's packed matmul
+    (what our encoder may use, model/cpu_linear.py), best and median of the timed calls, and each kernel's best."""
     if threads:
         torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
     a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
     out = torch.empty(n, n, dtype=dt)
-    times = common.timed(lambda: torch.mm(a, b, out=out), warmup=1, reps=50, max_s=max_s, min_reps=3)
+    kernels = {"torch.mm": lambda: torch.mm(a, b, out=out)}
+    if cpu_linear.available():
+        packed = cpu_linear.PackedLinear(torch.nn.Linear(n, n, bias=False, dtype=dt))
+        kernels["onednn"] = lambda: packed(a)
     work = 2.0 * n**3
-    return {"best_flops": work / min(times), "median_flops": work / statistics.median(times), "n": n,
-            "threads": torch.get_num_threads(), "reps": len(times)}
+    timings = {name: common.timed(fn, warmup=1, reps=50, max_s=max_s / len(kernels), min_reps=3)
+               for name, fn in kernels.items()}
+    best = min(timings, key=lambda name: min(timings[name]))
+    return {"best_flops": work / min(timings[best]), "median_flops": work / statistics.median(timings[best]),
+            "kernel": best, "per_kernel_best_flops": {k: work / min(t) for k, t in timings.items()}, "n": n,
+            "threads": torch.get_num_threads(), "reps": len(timings[best])}
 
 
 if __name__ == "__main__":
