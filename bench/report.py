@@ -85,11 +85,14 @@ def targets(rows: list[dict]) -> list[dict]:
         out.append({"target": name, "value": value, "goal": goal, "met": met,
                     "text": "–" if value is None else fmt_.format(value)})
 
-    for kind in ("short", "medium"):
-        rate = _find(rows, group="server", kind=kind, concurrency=16, metric="embeddings_per_s")
-        p50 = _find(rows, group="server", kind=kind, concurrency=16, metric="p50")
-        add(f"server {kind} c=16: embeddings/s vs Infinity", rate and rate["ratio"], 1.5, "{:.2f}x")
-        add(f"server {kind} c=16: p50 latency no worse than Infinity's", p50 and p50["ratio"], 1.0, "{:.2f}x")
+    for dtype, tag in (("float32", ""), ("bfloat16", " (bf16 both)")):
+        for kind in ("short", "medium"):
+            rate = _find(rows, group="server", kind=kind, concurrency=16, metric="embeddings_per_s", dtype=dtype)
+            p50 = _find(rows, group="server", kind=kind, concurrency=16, metric="p50", dtype=dtype)
+            if dtype == "float32" or rate:
+                add(f"server {kind} c=16{tag}: embeddings/s vs Infinity", rate and rate["ratio"], 1.5, "{:.2f}x")
+                add(f"server {kind} c=16{tag}: p50 latency no worse than Infinity's", p50 and p50["ratio"], 1.0,
+                    "{:.2f}x")
     inproc = _find(rows, group="inprocess", kind="medium", batch_size=32, metric="tokens_per_s")
     add("in-process ~180 tok batch 32: tokens/s vs sentence-transformers", inproc and inproc["ratio"], 1.2, "{:.2f}x")
     mfu = _find(rows, group="nomic", kind="512x16", metric="mfu")
@@ -97,8 +100,11 @@ def targets(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["group"] == "nomic" and r["params"].get("kind") == "mixed" and r["params"].get("metric") == "tokens_per_s":
             add(f"{r['scenario'].removesuffix(' tokens/s')}: tokens/s vs transformers", r["ratio"], 1.3, "{:.2f}x")
-    idle = _find(rows, group="server", metric="idle_p50")
-    add("single short request, idle server: p50 ms", idle and idle["ours"], 10.0, "{:.1f} ms", at_most=True)
+    for dtype, tag in (("float32", ""), ("bfloat16", " (bf16)")):
+        idle = _find(rows, group="server", metric="idle_p50", dtype=dtype)
+        if dtype == "float32" or idle:
+            add(f"single short request, idle server{tag}: p50 ms", idle and idle["ours"], 10.0, "{:.1f} ms",
+                at_most=True)
     return out
 
 
@@ -203,7 +209,7 @@ def plots(result: dict, stem: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
         for ax, kind in zip(axes[0], kinds):
             for q, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
-                series = _series(rows, "server", q, "concurrency", kind=kind)
+                series = _series(rows, "server", q, "concurrency", kind=kind, dtype="float32")
                 for (name, pts), color in zip(series.items(), ("C0", "C1")):
                     ax.plot(*zip(*pts), style, marker="o", color=color, label=f"{name} {q}")
             ax.set_xscale("log", base=2)

@@ -7,7 +7,6 @@ could not run leaves peer_value and ratio null, and the reason lands in the run'
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from bench import checkpoint, inputs, loadgen, servers, venvs
 from bench.runner import Runner, RunnerError
+from model.encoder import cpu_has_native_bf16
 
 log = logging.getLogger("bench")
 
@@ -36,6 +36,7 @@ class Profile:
     load_max_s: float
     idle_requests: int
     fastpath: bool = True
+    bf16_servers: bool = True  # the bf16 server pair, on CPUs with native bf16
 
 
 def _mixed(count: int, low: int, high: int, seed: int) -> tuple[int, ...]:
@@ -60,13 +61,13 @@ PROFILES = {
                                   ("512x16", "512 tok x 4", (512,) * 4), ("long", "long 1024 tok x 1", (1024,)),
                                   ("mixed", "mixed 16-256 tok x 8", _mixed(8, 16, 256, seed=1))),
                      nomic_long_reps=1, concurrency=(1, 16, 64), requests={1: 30, 16: 128, 64: 192}, load_max_s=3.0,
-                     idle_requests=30, fastpath=False),
+                     idle_requests=30, fastpath=False, bf16_servers=False),
     # tests/bench: tiny models, our side only, a handful of calls
     "smoke": Profile("smoke", warmup=0, reps=1, max_s=0.5, batch_sizes=(1, 4), min_texts=4,
                      nomic_cases=(("short", "short 16 tok x 4", (16,) * 4), ("mixed", "mixed 8-64 tok x 4",
                                                                             _mixed(4, 8, 64, seed=1))),
                      nomic_long_reps=1, concurrency=(1, 4), requests={1: 5, 4: 12}, load_max_s=3.0, idle_requests=3,
-                     fastpath=False),
+                     fastpath=False, bf16_servers=False),
 }
 
 
@@ -278,16 +279,20 @@ def nomic(ctx: Context) -> None:
 
 
 # ---- end to end: our server vs Infinity under the same bounded loopback load ---------------------------------------
-def _load_rows(ctx: Context, kind: str, target: int, conc: int, mine: dict, theirs: dict | None) -> None:
+def _load_rows(ctx: Context, kind: str, target: int, conc: int, mine: dict, theirs: dict | None, dtype: str) -> None:
     params = {"model": "all-MiniLM-L6-v2", "kind": kind, "target_tokens": target, "concurrency": conc,
-              "inputs_per_request": 1, "ours_run": mine, "peer_run": theirs}
-    name = f"server {kind} (~{target} tok) c={conc}"
-    peer = "Infinity" if theirs is not None else None
+              "inputs_per_request": 1, "dtype": dtype, "ours_run": mine, "peer_run": theirs}
+    name = f"server{_dtype_tag(dtype)} {kind} (~{target} tok) c={conc}"
+    peer = f"Infinity{_dtype_tag(dtype)}" if theirs is not None else None
     ctx.rows.append(make_row("server", f"{name} embeddings/s", "embeddings/s", mine["embeddings_per_s"], peer,
                              theirs["embeddings_per_s"] if theirs else None, metric="embeddings_per_s", **params))
     for q in ("p50", "p95", "p99"):
         ctx.rows.append(make_row("server", f"{name} {q} latency", "ms", mine[f"{q}_ms"], peer,
                                  theirs[f"{q}_ms"] if theirs else None, better="lower", metric=q, **params))
+
+
+def _dtype_tag(dtype: str) -> str:
+    return "" if dtype == "float32" else " bf16"
 
 
 def _bodies(model_id: str | None, texts: list[str]) -> list[dict]:
@@ -298,12 +303,11 @@ def _load(ctx: Context, srv: servers.Server, texts: list[str], conc: int, idle: 
     p = ctx.profile
     bodies = _bodies(srv.model_id, texts)
     if idle:  # single requests 50 ms apart: the server is idle when each arrives
-        run = loadgen.run_load(srv.embed_url, bodies, 1, p.idle_requests, p.load_max_s * 2, warmup_requests=3,
-                               pause_s=0.05)
+        result = loadgen.run_load_spread(srv.embed_url, bodies, 1, p.idle_requests, p.load_max_s * 2,
+                                         warmup_requests=3, pause_s=0.05)
     else:
-        run = loadgen.run_load(srv.embed_url, bodies, conc, p.requests[conc], p.load_max_s,
-                               warmup_requests=min(2 * conc, 32))
-    result = asyncio.run(run)
+        result = loadgen.run_load_spread(srv.embed_url, bodies, conc, p.requests[conc], p.load_max_s,
+                                         warmup_requests=min(2 * conc, 32))
     log.info("%s c=%d%s: %.1f emb/s, p50 %.1f ms (%d requests, %d errors)", srv.name, conc, " idle" if idle else "",
              result.embeddings_per_s, result.percentile_ms(50) or -1, result.requests, result.errors)
     if result.errors:
@@ -312,21 +316,28 @@ def _load(ctx: Context, srv: servers.Server, texts: list[str], conc: int, idle: 
 
 
 def server(ctx: Context) -> None:
-    """Both servers stay up (an idle one costs < 1% CPU) and every load point runs on each in turn, alternating
-    which goes first, so load from elsewhere on the machine falls on both alike."""
+    """fp32 against fp32 at every load point; then, on a CPU with native bf16 (where our `auto` dtype is bf16), both
+    servers again in bf16 at c=16 and idle: our default here against Infinity in the same dtype."""
     tok = ctx.minilm / "tokenizer.json"
     texts = {kind: inputs.texts_of_length(tok, n, 256, seed=20 + n) for kind, n in TEXT_KINDS.items()}
+    points = [(kind, conc, False) for kind in TEXT_KINDS for conc in ctx.profile.concurrency]
+    _server_pair(ctx, "float32", texts, points + [("short", 1, True)])
+    if ctx.profile.bf16_servers and cpu_has_native_bf16():
+        _server_pair(ctx, "bfloat16", texts, [(kind, 16, False) for kind in TEXT_KINDS] + [("short", 1, True)])
+
+
+def _server_pair(ctx: Context, dtype: str, texts: dict[str, list[str]], points: list[tuple[str, int, bool]]) -> None:
+    """Both servers stay up (an idle one costs < 1% CPU) and every load point runs on each in turn, alternating
+    which goes first, so load from elsewhere on the machine falls on both alike."""
     up: list[servers.Server] = []
     try:
-        up.append(servers.ours(str(ctx.minilm), ctx.work).start())
+        up.append(servers.ours(str(ctx.minilm), ctx.work, dtype).start())
         if ctx.peers:
             try:
                 exe = venvs.ensure(venvs.PEERS["infinity"]).parent / "infinity_emb"
-                up.append(servers.infinity(exe, str(ctx.minilm), ctx.work).start())
+                up.append(servers.infinity(exe, str(ctx.minilm), ctx.work, dtype).start())
             except (venvs.SetupError, RuntimeError) as exc:
-                ctx.note(f"Infinity: could not be run: {exc}")
-        points = [(kind, conc, False) for kind in TEXT_KINDS for conc in ctx.profile.concurrency]
-        points.append(("short", 1, True))
+                ctx.note(f"Infinity ({dtype}): could not be run: {exc}")
         results: dict[str, dict] = {srv.name: {} for srv in up}
         for i, (kind, conc, idle) in enumerate(points):
             for srv in up if i % 2 == 0 else reversed(up):
@@ -335,15 +346,15 @@ def server(ctx: Context) -> None:
         for srv in up:
             srv.stop()
     mine, theirs = results["ours"], results.get("infinity")
-    for kind, target in TEXT_KINDS.items():
-        for conc in ctx.profile.concurrency:
+    for kind, conc, idle in points:
+        if not idle:
             key = (kind, conc, False)
-            _load_rows(ctx, kind, target, conc, mine[key], theirs[key] if theirs else None)
+            _load_rows(ctx, kind, TEXT_KINDS[kind], conc, mine[key], theirs[key] if theirs else None, dtype)
     key = ("short", 1, True)
-    ctx.rows.append(make_row("server", "server idle, single short request p50 latency", "ms", mine[key]["p50_ms"],
-                             "Infinity" if theirs else None, theirs[key]["p50_ms"] if theirs else None,
-                             better="lower", metric="idle_p50", ours_run=mine[key],
-                             peer_run=theirs[key] if theirs else None))
+    ctx.rows.append(make_row("server", f"server{_dtype_tag(dtype)} idle, single short request p50 latency", "ms",
+                             mine[key]["p50_ms"], f"Infinity{_dtype_tag(dtype)}" if theirs else None,
+                             theirs[key]["p50_ms"] if theirs else None, better="lower", metric="idle_p50",
+                             dtype=dtype, ours_run=mine[key], peer_run=theirs[key] if theirs else None))
 
 
 # ---- our own variants: what the CPU fast path keeps ----------------------------------------------------------------
@@ -361,6 +372,7 @@ def fastpath(ctx: Context) -> None:
         "torch.compile": {"compile": True},
         "1 thread": {"threads": 1},
         "all threads for every batch": {"small_batch_tokens": 0},
+        "nn.Linear (MKL), not oneDNN": {"linears": "aten"},
         "bfloat16": {"dtype": "bfloat16"},
     }
     runners: dict[str, Runner] = {}

@@ -82,13 +82,13 @@ class Server:
         self.stop()
 
 
-def ours(model: str, log_dir: Path, extra: list[str] | None = None) -> Server:
+def ours(model: str, log_dir: Path, dtype: str = "float32", extra: list[str] | None = None) -> Server:
     cmd = [sys.executable, "-m", "app", "--model", model, "--host", "127.0.0.1", "--port", "{port}",
-           "--device", "cpu", "--dtype", "float32", *(extra or [])]
+           "--device", "cpu", "--dtype", dtype, *(extra or [])]
     return Server("ours", cmd, "/ready", "/v1/embeddings", log_dir)
 
 
-def infinity(executable: Path, model: str, log_dir: Path) -> Server:
+def infinity(executable: Path, model: str, log_dir: Path, dtype: str = "float32") -> Server:
     cmd = [str(executable), "v2", "--model-id", model, "--host", "127.0.0.1", "--port", "{port}",
-           "--engine", "torch", "--device", "cpu", "--dtype", "float32", "--no-bettertransformer"]
+           "--engine", "torch", "--device", "cpu", "--dtype", dtype, "--no-bettertransformer"]
     return Server("infinity", cmd, "/health", "/embeddings", log_dir)

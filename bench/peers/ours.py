@@ -20,9 +20,11 @@ state: dict = {}
 
 
 def load(model: str, dtype: str = "float32", compile: bool = False, threads: int | None = None,
-         small_batch_tokens: int | None = None) -> dict:
+         small_batch_tokens: int | None = None, linears: str = "auto") -> dict:
     if small_batch_tokens is not None:  # fast-path experiments: 0 = every batch on all threads
         encoder_module.SMALL_BATCH_TOKENS = small_batch_tokens
+    if linears == "aten":  # fast-path experiment: keep nn.Linear whatever the timing says
+        cpu_linear.install = lambda model, **_: "aten"
     enc = Encoder.load(model, device="cpu", dtype=dtype, compile=compile, threads=threads)
     state["enc"] = enc
     return {

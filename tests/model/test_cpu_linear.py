@@ -93,3 +93,13 @@ def test_encoder_states_the_kernel_it_timed_and_chose(minilm):
     speedup = cpu_linear.onednn_speedup(torch.float32)  # cached: the figure the encoder decided on
     assert minilm.linear_kernel == ("onednn" if speedup >= 1.05 else "aten")
     assert np.isfinite(minilm.embed([[101, 7592, 2088, 102]])).all()
+
+
+def test_cpu_batch_larger_than_one_forward_gives_the_same_vectors(minilm, monkeypatch):
+    import model.encoder as encoder_module
+
+    batch = [[101, *range(2000, 2000 + n), 102] for n in (30, 5, 61, 12, 40, 3)]
+    whole = minilm.pooled(batch)
+    monkeypatch.setattr(encoder_module, "CPU_FORWARD_TOKENS", 50)  # -> forwards of [32, 7], [63], [14], [42, 5]
+    np.testing.assert_allclose(minilm.pooled(batch), whole, atol=1e-5)
+    np.testing.assert_allclose(minilm.pooled(batch[2:3]), whole[2:3], atol=1e-5)  # one input over the limit: whole
