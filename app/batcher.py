@@ -1,7 +1,7 @@
 """Dynamic batcher: token-id lists from many requests -> encoder batches on one worker thread.
 
 Pure asyncio (no torch, no fastapi). All items share one queue; the event loop forms the batches and
-hands them to a single worker thread, so the loop never blocks on the encoder.
+hands them to `workers` worker threads (one by default), so the loop never blocks on the encoder.
 
 Scheduling:
 - class: interactive (priority 0) first. Bulk (1) runs when no interactive item waits, or when its
@@ -12,8 +12,15 @@ Scheduling:
 - timing: a full batch goes at once; an idle worker waits up to `max_wait_ms` from the oldest item's
   arrival for company, but only while traffic is dense: a request arriving more than `max_wait_ms`
   after the one before it goes at once (waiting for company that is not coming only adds latency).
-  At most one (full) batch waits ahead of the running one; a bulk batch waiting there is taken back
+  At most one (full) batch waits ahead of the running ones; a bulk batch waiting there is taken back
   into the queue when an interactive item arrives.
+- workers: with more than one, up to that many batches compute at once, each on its own thread. A batch
+  holds `width` of the `workers` compute slots and `run_batch(ids, width)` is told how many. A batch formed
+  while every slot is free is split into one part per slot (every other item of the length-sorted run, so
+  the parts match in length) computed side by side; one formed while others compute takes one slot; a
+  single input on free slots takes them all. On CPU, parts side by side each on their share of the cores
+  beat one batch on all of them (no op waits at a barrier for a core the event loop took). Slots are taken
+  whole before a batch starts, so cores are never oversubscribed.
 """
 
 from __future__ import annotations
@@ -101,13 +108,14 @@ class _Job:
     items: list[_Item]
     dispatched: float
     preemptible: bool  # a bulk batch formed while no interactive item waited
+    width: int = 1  # compute slots it holds while running (1..workers)
     state: str = _PENDING
 
 
 class Batcher(Generic[R]):
     def __init__(
         self,
-        run_batch: Callable[[list[Sequence[int]]], Sequence[R]],
+        run_batch: Callable[[list[Sequence[int]], int], Sequence[R]],
         *,
         cost: Callable[[list[int]], int],
         max_batch_tokens: int,
@@ -117,7 +125,11 @@ class Batcher(Generic[R]):
         is_out_of_memory: Callable[[BaseException], bool] = lambda e: False,
         on_batch: Callable[[BatchStats], None] | None = None,
         starvation_ms: float = 200.0,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self._workers = workers
         self._run_batch, self._cost, self._is_oom, self._on_batch = run_batch, cost, is_out_of_memory, on_batch
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
         self.max_queue_tokens = max_queue_tokens
@@ -128,7 +140,7 @@ class Batcher(Generic[R]):
         self._fifo: tuple[list[tuple[int, int, _Item]], ...] = ([], [])
         self._queue_tokens = 0
         self._seq = itertools.count()
-        self._inflight: list[_Job] = []  # the running job, then at most one waiting ahead
+        self._inflight: list[_Job] = []  # the running jobs (at most `workers`), then at most one waiting ahead
         self._open: set[_Request] = set()
         self._last_bulk = float("-inf")
         self._last_arrival = float("-inf")
@@ -137,9 +149,11 @@ class Batcher(Generic[R]):
         self._draining = False
         self._death: BaseException | None = None
         self._lock = threading.Lock()  # guards _Job.state between the loop (take-back) and the worker (claim)
+        self._slots = threading.Condition()  # guards _free_slots between worker threads
+        self._free_slots = workers
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._quiet = asyncio.Event()
@@ -155,7 +169,7 @@ class Batcher(Generic[R]):
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._death is None
+        return bool(self._threads) and all(t.is_alive() for t in self._threads) and self._death is None
 
     @property
     def in_flight_batches(self) -> int:
@@ -165,8 +179,11 @@ class Batcher(Generic[R]):
         if self._loop is not None:
             raise RuntimeError("Batcher.start() called twice")
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._work, name="batcher-worker", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-worker-{i}", daemon=True) for i in range(self._workers)
+        ]
+        for thread in self._threads:
+            thread.start()
         self._task = self._loop.create_task(self._dispatcher(), name="batcher-dispatcher")
         self._task.add_done_callback(self._on_dispatcher_exit)
 
@@ -210,7 +227,7 @@ class Batcher(Generic[R]):
 
     async def drain(self, timeout: float) -> None:
         self._draining = True
-        if self._loop is None or self._thread is None:
+        if self._loop is None or not self._threads:
             return
         end = self._loop.time() + timeout
         try:
@@ -222,8 +239,10 @@ class Batcher(Generic[R]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._jobs.put(None)  # the worker finishes what it holds, then exits
-        await asyncio.to_thread(self._thread.join, max(0.0, end - self._loop.time()))
+        for _ in self._threads:
+            self._jobs.put(None)  # each worker finishes what it holds, then exits
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, max(0.0, end - self._loop.time()))
 
     # queue bookkeeping (event loop thread only)
 
@@ -277,7 +296,7 @@ class Batcher(Generic[R]):
 
     def _take_back_bulk(self) -> None:
         """An interactive item arrived: return a bulk batch still waiting ahead of the worker to the queue."""
-        if len(self._inflight) < 2 or not self._inflight[-1].preemptible:
+        if self._slots_claimed() <= self._workers or not self._inflight[-1].preemptible:
             return
         assert self._loop is not None
         job, now = self._inflight[-1], self._loop.time()
@@ -308,16 +327,20 @@ class Batcher(Generic[R]):
     def _dispatch_ready(self) -> float | None:
         """Dispatch what is ready; return how long to wait for company, or None to wait for an event."""
         assert self._loop is not None
-        while len(self._inflight) < 2 and self.queue_items:
+        while self._slots_claimed() <= self._workers and self.queue_items:  # past that, one batch waits ahead
             now = self._loop.time()
             cls = self._pick_class(now)
             items, full, oldest = self._plan(cls)
-            idle = not self._inflight
+            idle = self._slots_claimed() < self._workers  # a slot is free now
             if full or (idle and (self._sparse or now >= oldest + self._max_wait)):
                 self._dispatch(items, cls, now)
             else:  # a partial batch only goes to an idle worker, so a busy one gets a fuller batch next
                 return oldest + self._max_wait - now if idle else None
         return None
+
+    def _slots_claimed(self) -> int:
+        """Compute slots the batches in flight hold or wait for (> workers: one batch waits ahead)."""
+        return sum(job.width for job in self._inflight)
 
     def _pick_class(self, now: float) -> int:
         if not self._by_len[BULK]:
@@ -355,9 +378,17 @@ class Batcher(Generic[R]):
             return
         if cls == BULK:
             self._last_bulk = now
-        job = _Job(items, now, preemptible=cls == BULK and not self._by_len[INTERACTIVE])
-        self._inflight.append(job)
-        self._jobs.put(job)
+        preemptible = cls == BULK and not self._by_len[INTERACTIVE]
+        if self._slots_claimed() > 0:  # others compute: this batch gets one slot
+            parts, width = [items], 1
+        elif len(items) >= self._workers > 1:  # every slot free: split it, one part per slot, side by side
+            parts, width = [items[i :: self._workers] for i in range(self._workers)], 1  # items are length-sorted
+        else:  # a lone input on free slots: all of them
+            parts, width = [items], self._workers
+        for part in parts:
+            job = _Job(part, now, preemptible=preemptible, width=width)
+            self._inflight.append(job)
+            self._jobs.put(job)
 
     def _on_dispatcher_exit(self, task: asyncio.Task[None]) -> None:
         exc = None if task.cancelled() else task.exception()
@@ -370,28 +401,42 @@ class Batcher(Generic[R]):
     def _work(self) -> None:
         try:
             while (job := self._jobs.get()) is not None:
-                with self._lock:
-                    if job.state != _PENDING:
-                        continue
-                    job.state = _RUNNING
-                t0 = time.perf_counter()
-                outcomes, splits = self._compute([it.ids for it in job.items])
-                self._post(self._finish, job, outcomes, splits, time.perf_counter() - t0)
+                self._take_slots(job.width)
+                try:
+                    with self._lock:
+                        if job.state != _PENDING:
+                            continue
+                        job.state = _RUNNING
+                    t0 = time.perf_counter()
+                    outcomes, splits = self._compute([it.ids for it in job.items], job.width)
+                    self._post(self._finish, job, outcomes, splits, time.perf_counter() - t0)
+                finally:
+                    self._give_slots(job.width)
         except BaseException as exc:  # SystemExit and the like from run_batch: this thread is gone
             log.error("batcher worker died", exc_info=exc)
             self._post(self._on_death, exc)
 
-    def _compute(self, ids: list[Sequence[int]]) -> tuple[list[Any], int]:
+    def _take_slots(self, width: int) -> None:
+        with self._slots:  # all of them at once: no worker holds some while waiting for more, so no deadlock
+            self._slots.wait_for(lambda: self._free_slots >= width)
+            self._free_slots -= width
+
+    def _give_slots(self, width: int) -> None:
+        with self._slots:
+            self._free_slots += width
+            self._slots.notify_all()
+
+    def _compute(self, ids: list[Sequence[int]], width: int) -> tuple[list[Any], int]:
         """Outcomes per item (results or `_Failed`) and the number of out-of-memory splits."""
         try:
-            out = self._run_batch(ids)
+            out = self._run_batch(ids, width)
             if len(out) != len(ids):
                 raise RuntimeError(f"run_batch returned {len(out)} results for {len(ids)} inputs")
             return list(out), 0
         except Exception as exc:  # noqa: BLE001 -- any encoder error belongs to this batch's requests only
             if len(ids) > 1 and self._is_oom(exc):  # halves may fit where the whole did not
                 mid = len(ids) // 2
-                (a, sa), (b, sb) = self._compute(ids[:mid]), self._compute(ids[mid:])
+                (a, sa), (b, sb) = self._compute(ids[:mid], width), self._compute(ids[mid:], width)
                 return a + b, sa + sb + 1
             return [_Failed(exc)] * len(ids), 0
 
@@ -433,7 +478,8 @@ class Batcher(Generic[R]):
         if self._death is not None:
             return
         self._death = exc
-        self._jobs.put(None)  # if the dispatcher died, let the worker thread end too
+        for _ in self._threads:
+            self._jobs.put(None)  # if the dispatcher died, let the worker threads end too
 
         def died() -> WorkerDied:
             err = WorkerDied(f"encoder worker died: {exc!r}")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 from fastapi import Request
 
 from app.batcher import Batcher, BatchStats
@@ -48,6 +49,15 @@ class Runtime:
         if self._service is None:
             raise RuntimeError("the embedding service is not started")
         return self._service
+
+    @property
+    def encoder_workers(self) -> int:
+        """--encoder-workers, or by default 2 on a CPU with 2+ threads (batches side by side under load, measured
+        +18% embeddings/s at concurrency 16 on 2 cores) and 1 on CUDA (one stream: nothing to gain)."""
+        if self.settings.encoder_workers is not None:
+            return self.settings.encoder_workers
+        assert self.encoder is not None
+        return 2 if self.encoder.info.device == "cpu" and self.encoder.threads >= 2 else 1
 
     @property
     def alive(self) -> bool:
@@ -91,8 +101,14 @@ class Runtime:
                 self.on_fatal(self.fatal)
             return
         s, info = self.settings, self.encoder.info
+        encoder, workers = self.encoder, self.encoder_workers
+
+        def run_batch(ids: list[Sequence[int]], width: int) -> list[np.ndarray]:
+            # a batch holding `width` of the `workers` slots computes on that share of the cores
+            return list(encoder.pooled(ids, threads=max(1, encoder.threads * width // workers)))
+
         self.batcher = Batcher(
-            self.encoder.pooled,
+            run_batch,
             cost=self.encoder.batch_cost,
             max_batch_tokens=s.max_batch_tokens,
             max_batch_size=s.max_batch_size,
@@ -100,6 +116,7 @@ class Runtime:
             max_queue_tokens=s.max_queue_tokens,
             is_out_of_memory=self.encoder.is_out_of_memory,
             on_batch=self._on_batch,
+            workers=workers,
         )
         await self.batcher.start()
         batcher = self.batcher  # queue gauges are read at scrape time, on the API port and on --metrics-port alike

@@ -53,7 +53,14 @@ class Settings(BaseSettings):
     # batching
     max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one encoder batch (padded cost on CPU).")
     max_batch_size: int = Field(256, ge=1, description="Most inputs in one encoder batch.")
-    max_wait_ms: float = Field(2.0, ge=0, description="How long an idle device waits for more work to fill a batch.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="How long an idle device waits for more work to fill a batch (only while requests keep "
+        "coming)."
+    )
+    encoder_workers: int | None = Field(
+        None, ge=1, le=64, description="Batches computed at once under load, each on its share of the cores (a batch "
+        "alone gets them all). Default: 2 on CPUs with 2+ cores, 1 on CUDA."
+    )
     max_queue_tokens: int = Field(2_000_000, ge=1, description="Queued tokens past which requests get 429.")
     request_timeout_s: float = Field(60.0, gt=0, description="Work still queued after this is dropped with a 503.")
     shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long admitted requests may take.")

@@ -195,15 +195,20 @@ class Encoder:
 
     # ---- device side ------------------------------------------------------------------------------------------
     def pooled(
-        self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None = None
+        self,
+        batch: Sequence[Sequence[int]],
+        token_types: Sequence[Sequence[int]] | None = None,
+        threads: int | None = None,
     ) -> np.ndarray:
         """Token-id lists -> (N, E) float32 pooled vectors (not normalised). On CPU the batch runs as consecutive
-        forwards of at most CPU_FORWARD_TOKENS tokens each (the same vectors: pooling is per sequence)."""
+        forwards of at most CPU_FORWARD_TOKENS tokens each (the same vectors: pooling is per sequence), on `threads`
+        intra-op threads (default: all of `self.threads`; callers running batches side by side give each a share)."""
         if self.device.type != "cpu":
-            return self._pooled(batch, token_types)
+            return self._pooled(batch, token_types, 0)
+        threads = threads or self.threads
 
         def run(a: int, b: int) -> np.ndarray:
-            return self._pooled(batch[a:b], None if token_types is None else token_types[a:b])
+            return self._pooled(batch[a:b], None if token_types is None else token_types[a:b], threads)
 
         parts, start, tokens = [], 0, 0
         for i, ids in enumerate(batch):
@@ -215,10 +220,12 @@ class Encoder:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @torch.inference_mode()
-    def _pooled(self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None) -> np.ndarray:
+    def _pooled(
+        self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None, threads: int
+    ) -> np.ndarray:
         """One forward. One host<->device copy each way."""
         if self.device.type == "cpu":  # per call: the thread count is per calling thread, and the batcher has its own
-            want = 1 if sum(len(s) for s in batch) < SMALL_BATCH_TOKENS else self.threads
+            want = 1 if sum(len(s) for s in batch) < SMALL_BATCH_TOKENS else threads
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
         packed: PackedBatch = pack(batch, token_types, pin_memory=self.device.type == "cuda").to(self.device)

@@ -94,6 +94,13 @@ class ServerProcess:
     def output(self) -> str:
         return self.log.read_text()
 
+    def output_containing(self, text: str, timeout: float = 5.0) -> str:
+        """The log once `text` is in it (the access log line is written as the response goes out, not before)."""
+        deadline = time.monotonic() + timeout
+        while text not in (out := self.output()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return out
+
 
 @contextmanager
 def server_process(*args: str, env: dict[str, str] | None = None):

@@ -22,7 +22,7 @@ class WrappedEncoder:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def pooled(self, batch):
+    def pooled(self, batch, threads=None):
         with self.lock:
             self.batches.append([list(x) for x in batch])
         if self.oom_above is not None and len(batch) > self.oom_above:
@@ -33,7 +33,7 @@ class WrappedEncoder:
                 raise exc
         if self.delay_s:
             time.sleep(self.delay_s)  # the worker thread, not the event loop
-        return self.real.pooled(batch)
+        return self.real.pooled(batch, threads=threads)
 
     def warmup(self) -> None:
         pass

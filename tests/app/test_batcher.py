@@ -38,7 +38,7 @@ class FakeEncoder:
         self.batches: list[list[list[int]]] = []
         self.started: list[float] = []
 
-    def __call__(self, batch: list[Sequence[int]]) -> list[int]:
+    def __call__(self, batch: list[Sequence[int]], width: int = 1) -> list[int]:
         self.started.append(time.monotonic())
         if self.gate is not None and len(self.started) == 1:
             assert self.gate.wait(5)
@@ -143,6 +143,31 @@ def test_item_after_silence_goes_at_once_but_dense_traffic_waits_max_wait() -> N
     run(main)
 
 
+def test_two_workers_split_a_batch_side_by_side_and_give_a_lone_input_every_slot() -> None:
+    both_running = threading.Barrier(2, timeout=5)  # passes only when two parts are inside the encoder together
+    seen: list[tuple[list[list[int]], int]] = []
+
+    def encode(batch: list[Sequence[int]], width: int = 1) -> list[int]:
+        seen.append(([list(ids) for ids in batch], width))
+        if len(seen) <= 2:
+            both_running.wait()
+        return [sum(ids) for ids in batch]
+
+    async def main() -> None:
+        b = make(encode, workers=2)
+        await b.start()
+        # one request of four inputs on free slots: two parts of alternate (length-sorted) items, one slot each
+        assert await b.submit([[1], [2, 2], [3, 3, 3], [4, 4, 4, 4]]) == [1, 4, 9, 16]
+        assert sorted(seen) == [([[1], [3, 3, 3]], 1), ([[2, 2], [4, 4, 4, 4]], 1)]
+        assert await b.submit([[5, 5]]) == [10]  # a lone input on free slots: both slots
+        assert seen[-1] == ([[5, 5]], 2)
+        assert b.alive and b.in_flight_batches == 0
+        await b.drain(1)
+        assert not b.alive
+
+    run(main)
+
+
 def test_full_batch_goes_without_waiting() -> None:
     async def main() -> None:
         enc = FakeEncoder()
@@ -188,7 +213,7 @@ def test_one_full_batch_waits_ahead_and_yields_to_a_query() -> None:
 
 
 def test_results_keep_input_order_numpy_rows() -> None:
-    def encode(batch: list[Sequence[int]]) -> np.ndarray:
+    def encode(batch: list[Sequence[int]], width: int = 1) -> np.ndarray:
         return np.array([[len(ids), sum(ids)] for ids in batch], dtype=np.float32)
 
     async def main() -> None:

@@ -58,6 +58,7 @@ def packed(lengths: list[int]) -> int:
     max_wait_ms=st.sampled_from([0.0, 0.5, 2.0]),
     compute_ms=st.sampled_from([0.0, 0.5, 2.0]),
     oom_above=st.none() | st.integers(1, 6),
+    workers=st.sampled_from([1, 2, 3]),
 )
 def test_every_item_answered_once_within_limits(
     reqs: list[Req],
@@ -67,11 +68,12 @@ def test_every_item_answered_once_within_limits(
     max_wait_ms: float,
     compute_ms: float,
     oom_above: int | None,
+    workers: int,
 ) -> None:
     batches: list[list[list[int]]] = []
     lock = threading.Lock()
 
-    def encode(batch: list[Sequence[int]]) -> list[int]:
+    def encode(batch: list[Sequence[int]], width: int) -> list[int]:
         if oom_above is not None and len(batch) > oom_above:
             raise FakeOOM  # the batcher splits and retries; only successful batches are recorded below
         with lock:
@@ -94,6 +96,7 @@ def test_every_item_answered_once_within_limits(
             max_queue_tokens=10**6,
             is_out_of_memory=lambda e: isinstance(e, FakeOOM),
             starvation_ms=5,
+            workers=workers,
         )
         await b.start()
         loop = asyncio.get_running_loop()

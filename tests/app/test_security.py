@@ -64,7 +64,7 @@ def test_json_access_logs_without_key_or_text(locked_server):
         httpx.post(f"{locked_server.base}/v1/embeddings", json={"input": secret_text}, headers=headers).status_code
         == 200
     )
-    log = locked_server.output()
+    log = locked_server.output_containing("trace-42")
     assert KEY not in log and secret_text not in log
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     mine = [r for r in records if r.get("request_id") == "trace-42"]
@@ -76,7 +76,7 @@ def test_json_access_logs_without_key_or_text(locked_server):
 def test_inputs_logged_only_with_the_debug_setting():
     with server_process("--model", str(NOMIC / "nomic-text-tiny"), "--log-json", "--log-inputs") as server:
         httpx.post(f"{server.base}/v1/embeddings", json={"input": "debug me please"})
-        assert "debug me please" in server.output()
+        assert "debug me please" in server.output_containing("debug me please")
 
 
 def test_cors_off_by_default_and_on_when_configured(nomic_server):
