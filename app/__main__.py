@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         access_log=False,  # the app writes its own access log (request id, tokens, latency)
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         h11_max_incomplete_event_size=64 * 1024,  # request line + headers
         log_config=None,

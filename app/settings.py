@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(None, description="When set, /v1/* and /tokenize need `Authorization: Bearer KEY`.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; CORS is off when empty.")
+    keep_alive_s: int = Field(
+        75, ge=1, description="Idle keep-alive connections close after this. Keep it above the idle timeout of any "
+        "load balancer in front (60 s on most), so the balancer, never the server, closes an idle connection first."
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413.")
     log_json: bool = Field(False, description="Access logs as JSON lines.")
     log_inputs: bool = Field(False, description="Debug only: include input text in logs.")

@@ -111,9 +111,8 @@ async def run_load(
 PER_PROCESS = 16  # connections one client process drives before it, not the server, becomes the limit
 
 
-def _load_in_process(args: tuple) -> LoadResult:
-    url, bodies, concurrency, max_requests, max_s, warmup_requests, pause_s = args
-    return asyncio.run(run_load(url, bodies, concurrency, max_requests, max_s, warmup_requests, pause_s))
+def _load_in_process(args: tuple) -> LoadResult:  # a pool worker: run_load's arguments in run_load's order
+    return asyncio.run(run_load(*args))
 
 
 def run_load_spread(
