@@ -1,4 +1,4 @@
-"""Dynamic batcher: token-id lists from many requests -> encoder batches on one worker thread.
+"""Dynamic batcher: token-id lists from many requests -> encoder batches on one or more worker threads.
 
 Pure asyncio (no torch, no fastapi). All items share one queue; the event loop forms the batches and
 hands them to `workers` worker threads (one by default), so the loop never blocks on the encoder.
