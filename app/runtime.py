@@ -53,7 +53,7 @@ class Runtime:
     @property
     def encoder_workers(self) -> int:
         """--encoder-workers, or by default 2 on a CPU with 2+ threads (batches side by side under load, measured
-        +18% embeddings/s at concurrency 16 on 2 cores) and 1 on CUDA (one stream: nothing to gain)."""
+        +14-19% embeddings/s at concurrency 16 on 2 cores) and 1 on CUDA (one stream: nothing to gain)."""
         if self.settings.encoder_workers is not None:
             return self.settings.encoder_workers
         assert self.encoder is not None

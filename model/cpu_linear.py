@@ -37,7 +37,6 @@ class PackedLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, activation=None):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         self.post_op, self.algorithm = POST_OPS[activation] if activation is not None else ("none", "")
         # plain attributes, not parameters: the packed weight is an opaque oneDNN tensor
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)

@@ -203,9 +203,9 @@ class Encoder:
         """Token-id lists -> (N, E) float32 pooled vectors (not normalised). On CPU the batch runs as consecutive
         forwards of at most CPU_FORWARD_TOKENS tokens each (the same vectors: pooling is per sequence), on `threads`
         intra-op threads (default: all of `self.threads`; callers running batches side by side give each a share)."""
-        if self.device.type != "cpu":
-            return self._pooled(batch, token_types, 0)
         threads = threads or self.threads
+        if self.device.type != "cpu":
+            return self._pooled(batch, token_types, threads)
 
         def run(a: int, b: int) -> np.ndarray:
             return self._pooled(batch[a:b], None if token_types is None else token_types[a:b], threads)
