@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 BENCH = Path(__file__).resolve().parent
-SHARED = BENCH.parent.parent / "shared"
-NOMIC_CONFIG = SHARED / "nomic-embed-text-v1.5.config.json"
-TOKENIZER = SHARED / "golden" / "nomic" / "nomic-text-tiny" / "tokenizer.json"
+DATA = BENCH.parent / "tests" / "data"  # vendored copies of ../shared (tests/data/README.md)
+NOMIC_CONFIG = DATA / "nomic-embed-text-v1.5.config.json"
+TOKENIZER = DATA / "golden" / "nomic" / "nomic-text-tiny" / "tokenizer.json"
 CACHE = BENCH / ".cache"
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: where the read-only reference material lives, and helpers to load it."""
+"""Shared fixtures: the reference material vendored in tests/data (tests/data/README.md), and helpers to load it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-GOLDEN = SHARED / "golden"
+DATA = ROOT / "tests" / "data"
+GOLDEN = DATA / "golden"
 NOMIC = GOLDEN / "nomic"
 
 if str(ROOT) not in sys.path:

@@ -27,7 +27,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
-TINY_NOMIC = REPO.parent / "shared" / "golden" / "nomic" / "nomic-text-tiny"
+TINY_NOMIC = REPO / "tests" / "data" / "golden" / "nomic" / "nomic-text-tiny"
 
 
 def _require_tool(path: str | Path | None, name: str, install: str) -> Path:
@@ -233,7 +233,7 @@ def exported_names(text: str) -> set[str]:
 def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMetrics]:
     """Start `python -m app` on the tiny NomicBert, embed two inputs, read /metrics, stop it with SIGTERM."""
     if not TINY_NOMIC.is_dir():
-        pytest.fail(f"test model missing: {TINY_NOMIC} (shared/golden beside the repo)", pytrace=False)
+        pytest.fail(f"test model missing: {TINY_NOMIC} (vendored in tests/data)", pytrace=False)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("server") / "server.log"

@@ -1,4 +1,4 @@
-"""NomicBert against nomic's reference outputs (../shared/golden/nomic), both config forms, fp32."""
+"""NomicBert against nomic's reference outputs (tests/data/golden/nomic), both config forms, fp32."""
 
 from __future__ import annotations
 

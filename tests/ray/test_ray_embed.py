@@ -22,7 +22,7 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT.parent / "shared" / "golden" / "nomic" / "nomic-text-tiny"
+TINY = ROOT / "tests" / "data" / "golden" / "nomic" / "nomic-text-tiny"
 ROWS = 2000
 ENV = {**os.environ, "RAY_DISABLE_DASHBOARD": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
 WORDS = ["the", "of", "rotary", "attention", "layer", "norm", "embedding", "search", "query", "document", "vector",
