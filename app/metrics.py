@@ -63,7 +63,7 @@ class Metrics:
             for reason in REJECT_REASONS:
                 self.rejected.labels(name, reason)
             for metric in (self.tokens, self.embeddings, self.rerank_pairs, self.cache_hits, self.cache_misses,
-                           self.in_flight):
+                           self.in_flight, self.cache_bytes):
                 metric.labels(name)
 
     def observe_batch(
