@@ -33,6 +33,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 from bisect import bisect_left, insort
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -427,18 +428,25 @@ class Batcher(Generic[R]):
             self._slots.notify_all()
 
     def _compute(self, ids: list[Sequence[int]], width: int) -> tuple[list[Any], int]:
-        """Outcomes per item (results or `_Failed`) and the number of out-of-memory splits."""
+        """Outcomes per item (results or `_Failed`) and the number of out-of-memory splits.
+
+        Out of memory splits the batch in halves, retried *after* the `except` block: inside it the exception's
+        traceback would keep the failed forward's frames, and with them its whole working set, alive during the retry
+        (level after level). Every failure's frames are cleared, so neither a retry nor the `_Failed` handed to the
+        event loop pins the tensors of a failed forward; the traceback itself stays printable."""
         try:
             out = self._run_batch(ids, width)
             if len(out) != len(ids):
                 raise RuntimeError(f"run_batch returned {len(out)} results for {len(ids)} inputs")
             return list(out), 0
         except Exception as exc:  # noqa: BLE001 -- any encoder error belongs to this batch's requests only
-            if len(ids) > 1 and self._is_oom(exc):  # halves may fit where the whole did not
-                mid = len(ids) // 2
-                (a, sa), (b, sb) = self._compute(ids[:mid], width), self._compute(ids[mid:], width)
-                return a + b, sa + sb + 1
-            return [_Failed(exc)] * len(ids), 0
+            _clear_frames(exc)
+            if not (len(ids) > 1 and self._is_oom(exc)):
+                return [_Failed(exc)] * len(ids), 0
+        # out of memory, and the failed attempt is freed: halves may fit where the whole did not
+        mid = len(ids) // 2
+        (a, sa), (b, sb) = self._compute(ids[:mid], width), self._compute(ids[mid:], width)
+        return a + b, sa + sb + 1
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -488,3 +496,17 @@ class Batcher(Generic[R]):
 
         self._fail_all(died)
         self._wake.set()
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of every finished frame in the tracebacks of `exc` and of the exceptions chained to
+    it (where a failed forward's tensors live); file, line and function names stay for the log."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__]
