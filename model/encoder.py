@@ -20,13 +20,12 @@ import numpy as np
 import torch
 
 from model import cpu_linear, pooling
-from model.bert import Bert, BertConfig
+from model.architectures import build_model
 from model.config import ModelSpec, read_spec
 from model.errors import InputError, ModelError
-from model.nomic_bert import NomicBert, NomicBertConfig
 from model.packing import AMPERE, PackedBatch, cls_pool, mean_pool, pack, varlen_supported
 from model.tokenizer import Tokenizer
-from model.weights import build_model, map_bert, map_nomic, read_state_dict, resolve_model_dir
+from model.weights import read_state_dict, resolve_model_dir
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -138,7 +137,7 @@ class Encoder:
             hidden_size=spec.hidden_size,
             max_input_tokens=spec.max_input_tokens,
             limit_source=spec.limit_source,
-            vocab_size=self.model_vocab_size,
+            vocab_size=spec.arch.vocab_size,
             device=str(device),
             dtype=str(dtype).removeprefix("torch."),
             pooling=spec.pooling,
@@ -160,13 +159,7 @@ class Encoder:
     ) -> Encoder:
         folder = resolve_model_dir(model, revision)
         spec = read_spec(folder, max_input_tokens)
-        state = read_state_dict(folder)
-        arch = spec.arch
-        if isinstance(arch, NomicBertConfig):
-            net = build_model(lambda: NomicBert(arch), map_nomic(state, arch.n_layer), folder.name)
-        else:
-            assert isinstance(arch, BertConfig)
-            net = build_model(lambda: Bert(arch), map_bert(state, arch.num_hidden_layers), folder.name)
+        net = build_model(spec.architecture, spec.arch, read_state_dict(folder), folder.name)
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
         encoder = cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile, threads)
@@ -179,11 +172,6 @@ class Encoder:
             f", {encoder.threads} threads, {encoder.linear_kernel} linears" if torch_device.type == "cpu" else "",
         )
         return encoder
-
-    @property
-    def model_vocab_size(self) -> int:
-        emb = getattr(self.model, "embeddings", self.model)
-        return emb.word_embeddings.num_embeddings
 
     # ---- input side -------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
