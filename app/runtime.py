@@ -206,13 +206,17 @@ class Runtime:
             # a batch holding `width` of the `workers` slots computes on that share of the cores
             return list(encoder.pooled(ids, threads=max(1, encoder.threads * width // workers)))
 
+        def run_prepared(packed, width: int) -> list[np.ndarray]:  # the device side; packed ahead by the batcher
+            return list(encoder.run(packed))
+
         def on_batch(stats: BatchStats) -> None:
             self.metrics.observe_batch(
                 name, stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s, stats.compute_s
             )
 
+        ahead = encoder.packs_ahead  # on a GPU: pack batch n+1 on the host while batch n computes
         served.batcher = batcher = Batcher(
-            run_batch,
+            run_prepared if ahead else run_batch,
             cost=encoder.batch_cost,
             max_batch_tokens=s.max_batch_tokens,
             max_batch_size=s.max_batch_size,
@@ -221,6 +225,7 @@ class Runtime:
             is_out_of_memory=encoder.is_out_of_memory,
             on_batch=on_batch,
             workers=workers,
+            prepare=encoder.prepare if ahead else None,
             slots=slots,
         )
         await batcher.start()
