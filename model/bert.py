@@ -48,6 +48,11 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def position_limit(self) -> int:
+        """The learned position table is a hard input limit."""
+        return self.max_position_embeddings
+
 
 class Layer(nn.Module):
     def __init__(self, config: BertConfig):
@@ -80,10 +85,6 @@ class Bert(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size > 0 else None
         self.emb_ln = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
-
-    @property
-    def max_positions(self) -> int | None:
-        return self.config.max_position_embeddings
 
     def flops_per_token(self, seq_len: int) -> float:
         c = self.config

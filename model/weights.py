@@ -135,9 +135,9 @@ NOMIC_V5_RULES = [
 ]
 
 
-def map_nomic(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+def map_nomic(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     state = _rename(_strip_prefix(state, ("bert.", "model.")), NOMIC_V5_RULES)
-    for i in range(n_layer):
+    for i in range(config.n_layer):
         p = f"encoder.layers.{i}"
         _fuse(state, [f"{p}.attn.q_proj", f"{p}.attn.k_proj", f"{p}.attn.v_proj"], f"{p}.attn.Wqkv")
         _fuse(state, [f"{p}.mlp.fc11", f"{p}.mlp.fc12"], f"{p}.mlp.fc1")  # [up; gate]: one GEMM
@@ -163,9 +163,9 @@ BERT_RULES = [
 ]
 
 
-def map_bert(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+def map_bert(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     state = _rename(_strip_prefix(state, ("bert.", "distilbert.", "model.")), BERT_RULES)
-    for i in range(n_layer):
+    for i in range(config.num_hidden_layers):
         p = f"layers.{i}"
         _fuse(state, [f"{p}.query", f"{p}.key", f"{p}.value"], f"{p}.Wqkv")
         _fuse(state, [f"{p}.q", f"{p}.k", f"{p}.v"], f"{p}.Wqkv")
