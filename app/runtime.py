@@ -107,8 +107,13 @@ class Runtime:
             # a batch holding `width` of the `workers` slots computes on that share of the cores
             return list(encoder.pooled(ids, threads=max(1, encoder.threads * width // workers)))
 
+        def run_prepared(packed, width: int) -> list[np.ndarray]:  # the device side; packed ahead by the batcher
+            return list(encoder.run(packed))
+
+        ahead = encoder.packs_ahead  # on a GPU: pack batch n+1 on the host while batch n computes
+
         self.batcher = Batcher(
-            run_batch,
+            run_prepared if ahead else run_batch,
             cost=self.encoder.batch_cost,
             max_batch_tokens=s.max_batch_tokens,
             max_batch_size=s.max_batch_size,
@@ -117,6 +122,7 @@ class Runtime:
             is_out_of_memory=self.encoder.is_out_of_memory,
             on_batch=self._on_batch,
             workers=workers,
+            prepare=encoder.prepare if ahead else None,
         )
         await self.batcher.start()
         batcher = self.batcher  # queue gauges are read at scrape time, on the API port and on --metrics-port alike

@@ -29,7 +29,7 @@ from model.architectures import EMBEDDING, RERANKER, build_model
 from model.config import DenseSpec, ModelSpec, NormalizeSpec, PoolingSpec, read_spec
 from model.errors import InputError, ModelError, PairTooLong
 from model.heads import Float32Head
-from model.packing import PackedBatch, pack, use_varlen
+from model.packing import AMPERE, PackedBatch, pack, varlen_supported
 from model.tokenizer import Pair, Tokenizer
 from model.weights import read_state_dict, resolve_model_dir
 
@@ -73,13 +73,33 @@ def pick_device(device: str) -> torch.device:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on GPUs of compute capability >= 8.0 and on CPUs with native bf16; fp16 on older GPUs (T4, V100:
+    no bf16 tensor cores, and they run the padded attention path); else fp32."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     if dtype == "auto":
-        if device.type == "cuda" or cpu_has_native_bf16():
-            return torch.bfloat16
-        return torch.float32
+        if capability is not None:
+            return torch.bfloat16 if capability >= AMPERE else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if dtype not in DTYPES:
         raise ModelError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    if DTYPES[dtype] is torch.bfloat16 and capability is not None and capability < AMPERE:
+        raise ModelError(
+            f"dtype=bfloat16 needs a GPU of compute capability >= 8.0, this one is {capability[0]}.{capability[1]}:"
+            " use float16 or float32"
+        )
     return DTYPES[dtype]
+
+
+def describe_precision(device: torch.device, dtype: torch.dtype, varlen: bool) -> str:
+    """What was chosen at load, for the log: dtype and attention path (and on a GPU, its compute capability)."""
+    attention = "varlen flash attention" if varlen else "scaled_dot_product attention"
+    text = f"{str(dtype).removeprefix('torch.')}, {attention}"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        text += f", compute capability {major}.{minor}"
+        if (major, minor) < AMPERE:
+            text += " (< 8.0: no flash attention, no bf16)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -147,7 +167,8 @@ class Encoder:
         # CPU: oneDNN packed matmuls where they beat nn.Linear here (timed); torch.compile brings its own kernels
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
-        self._packed = device.type == "cuda" and use_varlen(torch.empty(1, device=device, dtype=dtype))
+        # the attention path is fixed here, at load: varlen flash attention wherever the GPU has it, else SDPA
+        self._packed = device.type == "cuda" and varlen_supported(device, dtype, spec.arch.head_dim)
         self.info = EncoderInfo(
             name=name,
             model_type=spec.model_type,
@@ -189,9 +210,9 @@ class Encoder:
         if torch_device.type == "cpu":
             torch.set_num_threads(encoder.threads)
         log.info(
-            "loaded %s (%s %s, %d dims, max %d tokens from %s) on %s in %s%s",
+            "loaded %s (%s %s, %d dims, max %d tokens from %s) on %s: %s%s",
             model, spec.architecture.name, spec.kind, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
-            torch_device, encoder.info.dtype,
+            torch_device, describe_precision(torch_device, torch_dtype, encoder.info.packed_attention),
             f", {encoder.threads} threads, {encoder.linear_kernel} linears" if torch_device.type == "cpu" else "",
         )
         return encoder
@@ -251,16 +272,35 @@ class Encoder:
         parts.append(run(start, len(batch)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    @torch.inference_mode()
     def _pooled(
         self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None, threads: int
     ) -> np.ndarray:
-        """One forward. One host<->device copy each way."""
+        """One forward."""
         if self.device.type == "cpu":  # per call: the thread count is per calling thread, and the batcher has its own
             want = 1 if sum(len(s) for s in batch) < SMALL_BATCH_TOKENS else threads
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
-        packed: PackedBatch = pack(batch, token_types, pin_memory=self.device.type == "cuda").to(self.device)
+        return self.run(self.prepare(batch, token_types))
+
+    @property
+    def packs_ahead(self) -> bool:
+        """Host and device work apart: on a GPU the server packs the next batch (`prepare`) while this one computes
+        (`run`). On CPU both share the same cores, so `pooled` does both in turn."""
+        return self.device.type != "cpu"
+
+    def prepare(
+        self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None = None
+    ) -> PackedBatch:
+        """The host side of one forward: the batch packed into one int64 tensor (page-locked when it goes to a GPU).
+        The server runs it ahead, on its own thread, while the previous batch computes."""
+        return pack(batch, token_types, pin_memory=self.device.type == "cuda", varlen=self._packed)
+
+    @torch.inference_mode()
+    def run(self, packed: PackedBatch) -> np.ndarray:
+        """The device side of one forward: one host-to-device copy, the forward, pooling, one device-to-host copy.
+        (N, E) float32 pooled vectors, not normalised."""
+        if self.device.type != "cpu":
+            packed = packed.to(self.device)
         out = self._forward(packed)  # (T, E) hidden states, or a cross-encoder's (B, 1) fp32 logits
         vectors = self.chain(out, packed) if self.chain is not None else out  # pooled (B, width) fp32
         return vectors.cpu().numpy()

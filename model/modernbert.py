@@ -173,7 +173,8 @@ class ModernBert(nn.Module):
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """Packed batch -> last hidden state after the final norm, (T, E)."""
         x = self.embeddings(batch)
-        cos_sin = {local: self.rotary[local].cos_sin(batch) for local in {layer.local for layer in self.layers}}
+        locals_ = {layer.local for layer in self.layers}
+        cos_sin = {local: self.rotary[local].cos_sin(batch, x.dtype) for local in locals_}  # once per forward
         for layer in self.layers:
             x = layer(x, batch, self.rotary[layer.local], cos_sin[layer.local])
         return self.final_norm(x)

@@ -215,7 +215,7 @@ class NomicBert(nn.Module):
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """Packed batch -> last hidden state, (T, E)."""
         x = self.emb_ln(self.embeddings(batch))
-        cos_sin = self.rotary.cos_sin(batch) if self.rotary is not None else None
+        cos_sin = self.rotary.cos_sin(batch, x.dtype) if self.rotary is not None else None  # once per forward
         for layer in self.encoder.layers:
             x = layer(x, batch, self.rotary, cos_sin)
         return x
