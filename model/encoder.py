@@ -223,13 +223,6 @@ class Encoder:
             raise ModelError(f"{self.info.name} has no tokenizer.json: send token ids")
         return self.tokenizer.encode(texts, prefix)
 
-    def check_ids(self, ids: Sequence[int]) -> None:
-        if not ids:
-            raise InputError("empty input")
-        bad = next((i for i in ids if not 0 <= i < self.info.vocab_size), None)
-        if bad is not None:
-            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.info.vocab_size})")
-
     def truncate(self, ids: Sequence[int], limit: int | None = None) -> list[int]:
         limit = limit or self.info.max_input_tokens
         if self.tokenizer is None:
