@@ -23,9 +23,9 @@ class RerankResult:
 
 class RerankService(ModelService):
     def truncate_default(self, truncate: bool | None) -> bool:
-        """A request's `truncate`, else the server's long-input default (truncate or chunk: pairs are cut, never
-        chunked)."""
-        return truncate if truncate is not None else self.settings.long_input != "error"
+        """A request's `truncate`, else the server's (--auto-truncate, or --long-input truncate or chunk: pairs are
+        cut, never chunked)."""
+        return truncate if truncate is not None else self.settings.long_input_default != "error"
 
     def check_query(self, query: str, param: str = "query") -> None:
         self.check_texts([query], param=param, noun="Query")

@@ -26,6 +26,7 @@ from app.settings import Settings
 
 log = logging.getLogger("app")
 EMBEDDING, RERANKER = "embedding", "reranker"
+DESCRIBED = {EMBEDDING: "an embedding model", RERANKER: "a reranker (cross-encoder)"}
 
 
 def kind_of(encoder: Any) -> str:
@@ -51,10 +52,9 @@ class ServedModel:
     def require(self, kind: str) -> ServedModel:
         """This model, if it is of `kind`; else a 400 naming what it is."""
         if self.kind != kind:
-            want = "an embedding model" if kind == EMBEDDING else "a reranker (cross-encoder)"
             raise APIError(
                 400,
-                f"The model `{self.name}` is a {self.kind} model; this route needs {want}",
+                f"The model `{self.name}` is {DESCRIBED[self.kind]}; this route needs {DESCRIBED[kind]}",
                 param="model",
                 code="wrong_model_kind",
             )
@@ -98,10 +98,12 @@ class Runtime:
     def model_name(self) -> str:
         return self.default.name
 
-    def model(self, name: str | None) -> ServedModel:
-        """The model a request names (None: the default, the first configured); unknown names are a 404."""
+    def model(self, name: str | None, kind: str | None = None) -> ServedModel:
+        """The model a request names; unknown names are a 404. A request that names none gets the first model of the
+        kind its route needs (so TEI's `/rerank`, which has no `model` field, reaches the reranker beside an
+        embedder), else the first model."""
         if name is None:
-            return self.default
+            return next((m for m in self.models.values() if m.kind == kind), self.default)
         served = self.models.get(name)
         if served is None:
             raise APIError(

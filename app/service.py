@@ -174,7 +174,7 @@ class EmbeddingService(ModelService):
         self.check_count(len(texts) if texts is not None else len(id_lists or []))
         self.check_dimensions(req.dimensions)
         task, prefix = self.prefix_for(req.input_type) if texts is not None else ("", "")
-        mode = req.long_input or self.settings.long_input
+        mode = req.long_input or self.settings.long_input_default
         keys: list[tuple] = []
         if texts is not None:
             self.check_texts(texts)

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     long_input: Literal["error", "truncate", "chunk"] = Field(
         "error", description="Default for inputs over the limit: 400 error, truncate, or chunk and average."
     )
+    auto_truncate: bool = Field(
+        False, description="TEI's flag: cut inputs and (query, document) pairs over the model's limit instead of "
+        "answering 400, unless a request says otherwise (the same as --long-input truncate)."
+    )
     default_input_type: str | None = Field(
         None, description="Task prefix applied when a request names none (e.g. `search_document`)."
     )
@@ -94,6 +98,8 @@ class Settings(BaseSettings):
             raise ValueError("metrics_port must differ from port (or be unset to serve /metrics on the API port)")
         if not self.model:
             raise ValueError("model: give at least one model")
+        if self.auto_truncate and self.long_input == "chunk":
+            raise ValueError("auto_truncate means long_input truncate; drop one of auto_truncate and long_input chunk")
         if self.served_model_name is not None and (len(self.model) > 1 or "=" in self.model[0]):
             raise ValueError("served_model_name names a single unnamed model; with several, use --model NAME=SOURCE")
         names = [name for name, _ in self.models]
@@ -116,6 +122,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"model: {entry!r} is not NAME=SOURCE (both non-empty)")
             out.append((name, source))
         return out
+
+    @property
+    def long_input_default(self) -> str:
+        """What an input over the limit gets when its request does not say: error, truncate or chunk."""
+        return "truncate" if self.auto_truncate else self.long_input
 
     @property
     def model_name(self) -> str:
