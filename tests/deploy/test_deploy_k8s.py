@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.conftest import setting_variables
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "docker" / "k8s"
 # The oldest Kubernetes still in wide use and the newest the package knows.
@@ -47,7 +49,7 @@ def kubernetes_validate():
 def test_manifests_present():
     kinds = sorted(doc["kind"] for _, doc in DOCUMENTS)
     assert kinds == sorted(
-        ["Deployment", "PodDisruptionBudget", "Service", "HorizontalPodAutoscaler", "ServiceMonitor"]
+        ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "HorizontalPodAutoscaler", "ServiceMonitor"]
     )
 
 
@@ -116,7 +118,8 @@ def test_probes_and_graceful_shutdown():
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "slow model loads (first download)"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["EMBED_MODEL"] == "nomic-ai/nomic-embed-text-v1.5" and env["HF_HOME"].startswith("/cache")
+    assert one("ConfigMap")["data"]["EMBED_MODEL"] == "nomic-ai/nomic-embed-text-v1.5"
+    assert env["HF_HOME"].startswith("/cache")
     (sleep,) = [int(arg) for arg in container["lifecycle"]["preStop"]["exec"]["command"][1:]]
     assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
     drain = float(env["EMBED_SHUTDOWN_GRACE_S"])
@@ -124,6 +127,41 @@ def test_probes_and_graceful_shutdown():
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["cache"] == "/cache" and "cache" in {v["name"] for v in pod["volumes"]}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+
+
+def commented_settings(path: Path) -> dict[str, str]:
+    """`# EMBED_X: value` lines of a manifest: settings listed with their default, to uncomment."""
+    found = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"\s*#\s*(EMBED_[A-Z0-9_]+:.*)$", line)
+        if match:
+            found |= yaml.safe_load(match.group(1))
+    return found
+
+
+def test_every_setting_reaches_the_container(monkeypatch):
+    """Every setting of app/settings.py is in the ConfigMap the pod reads (set, or commented out with a valid value),
+    or in the Deployment's own env; nothing is in both, nothing is there that the server does not know."""
+    configmap = one("ConfigMap")
+    (container,) = one("Deployment")["spec"]["template"]["spec"]["containers"]
+    sources = container["envFrom"]
+    assert {"configMapRef": {"name": configmap["metadata"]["name"]}} in sources, "the pod reads every ConfigMap key"
+    assert {"secretRef": {"name": "nomic-embed-server-secrets", "optional": True}} in sources
+    set_here = configmap["data"]
+    in_env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("EMBED_")}
+    commented = commented_settings(K8S / "configmap.yaml")
+    assert not set(set_here) & set(in_env) and not set(set_here) & set(commented)
+    listed = set(set_here) | set(in_env) | set(commented)
+    names = setting_variables()
+    assert not [n for n in names if n not in listed], "settings the manifests do not list"
+    assert not listed - set(names), "settings the server does not have"
+    # the values parse as the server reads them in the pod, set ones and each commented one uncommented
+    from app.settings import Settings
+
+    for name, value in {**set_here, **in_env, **commented}.items():
+        assert isinstance(value, str), f"{name}: quote it (environment values are strings)"
+        monkeypatch.setenv(name, value)
+    Settings()
 
 
 def test_hpa_reads_metrics_the_adapter_serves():
