@@ -1,11 +1,11 @@
-"""The app factory: `create_app(settings, encoder=None)`. The lifespan loads (or takes) the encoder in the
-background, warms it and starts the batcher; /ready turns 200 only then. Shutdown drains."""
+"""The app factory: `create_app(settings, encoder=None)`. The lifespan loads (or takes) every model's encoder in the
+background, warms them and starts their batchers; /ready turns 200 only then. Shutdown drains."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -21,8 +21,14 @@ from app.settings import Settings
 log = logging.getLogger("app")
 
 
-def create_app(settings: Settings, encoder=None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
-    runtime = Runtime(settings, encoder, on_fatal)
+def create_app(
+    settings: Settings,
+    encoder=None,
+    on_fatal: Callable[[str], None] | None = None,
+    encoders: Mapping[str, object] | None = None,
+) -> FastAPI:
+    """`encoder` is the first model's encoder, `encoders` any model's by served name; the others are loaded."""
+    runtime = Runtime(settings, encoder, on_fatal, encoders)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
