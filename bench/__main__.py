@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peers", action="store_true", help="our side only: no peer venvs, no peer rows")
     p.add_argument("--minilm", type=Path, help="MiniLM folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--nomic", type=Path, help="NomicBert folder instead of the seeded random full-size one")
+    p.add_argument("--reranker", type=Path,
+                   help="cross-encoder folder instead of the seeded ms-marco-MiniLM-L-6-v2-sized one")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     p.add_argument("--date", help="date in the file names (default today, YYYY-MM-DD)")
     return p
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     date = args.date or datetime.date.today().isoformat()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{date}-{os.getpid()}"
     ctx = scenarios.Context(profile=profile, device=args.device, minilm=args.minilm or default_minilm(),
-                            nomic=args.nomic, peers=not args.no_peers, work=work)
+                            nomic=args.nomic, reranker=args.reranker, peers=not args.no_peers, work=work)
     versions: dict = {}
     start_m = report.machine("float32", args.device, versions)
     started = time.monotonic()

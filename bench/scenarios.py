@@ -77,6 +77,7 @@ class Context:
     device: str
     minilm: Path
     nomic: Path | None  # an existing NomicBert folder; None = build the seeded random full-size one
+    reranker: Path | None  # an existing cross-encoder folder; None = build the seeded ms-marco-MiniLM-sized one
     peers: bool
     work: Path  # logs
     rows: list[dict] = field(default_factory=list)
@@ -227,7 +228,7 @@ def rerank(ctx: Context) -> None:
     """Pairs/s of a cross-encoder the size of ms-marco-MiniLM-L-6-v2 (seeded weights), one query against documents of
     ~90 tokens, text in and scores out on both sides, `batch_size` pairs per forward; outputs compared first."""
     p = ctx.profile
-    folder = checkpoint.build_cross_encoder()
+    folder = ctx.reranker or checkpoint.build_cross_encoder()
     pool = max(max(p.batch_sizes), p.min_texts)
     documents = inputs.texts_of_length(folder / "tokenizer.json", RERANK_DOC_TOKENS, pool, seed=77)
     with ours_runner(ctx, "ours_rerank") as ours:
