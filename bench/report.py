@@ -138,7 +138,9 @@ def markdown(result: dict) -> str:
     if result["checks"]:
         lines += ["", "## Agreement checks", ""]
         for c in result["checks"]:
-            lines.append(f"- {c['check']}: min cosine {c['min_cosine']:.6f} ({'pass' if c['pass'] else 'FAIL'})")
+            figure = (f"min cosine {c['min_cosine']:.6f}" if "min_cosine" in c
+                      else f"max |difference| {c['max_abs_diff']:.2e}")
+            lines.append(f"- {c['check']}: {figure} ({'pass' if c['pass'] else 'FAIL'})")
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if result.get("plots"):
