@@ -54,6 +54,12 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class Experts(BaseModel):
+    num_experts: int = Field(description="Experts in each mixture-of-experts layer")
+    top_k: int = Field(description="Experts each token is routed to")
+    layers: list[int] = Field(description="The layers whose feed-forward block is a mixture of experts")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -67,6 +73,7 @@ class ModelCard(BaseModel):
     dtype: str
     pooling: str
     task_types: dict[str, str] = Field(description="input_type -> the prefix it prepends")
+    experts: Experts | None = Field(None, description="Mixture of experts; null for a dense model")
 
 
 class ModelList(BaseModel):

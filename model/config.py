@@ -42,6 +42,15 @@ V5_ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "sigmoid
 LEGACY_ONLY_KEYS = ("n_embd", "n_layer", "n_head", "activation_function", "rotary_emb_base", "layer_norm_epsilon")
 
 
+@dataclass(frozen=True)
+class MoEInfo:
+    """A mixture-of-experts model's routing shape, as /v1/models shows it."""
+
+    num_experts: int
+    top_k: int
+    layers: tuple[int, ...]  # the layers whose FFN is a mixture of experts
+
+
 @dataclass
 class ModelSpec:
     """Everything the encoder needs to know about a model folder, read once at load."""
@@ -57,6 +66,13 @@ class ModelSpec:
     @property
     def hidden_size(self) -> int:
         return self.arch.n_embd if isinstance(self.arch, NomicBertConfig) else self.arch.hidden_size
+
+    @property
+    def moe(self) -> MoEInfo | None:
+        arch = self.arch
+        if isinstance(arch, NomicBertConfig) and arch.moe_layers and arch.moe_top_k is not None:
+            return MoEInfo(arch.num_experts, arch.moe_top_k, arch.moe_layers)
+        return None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ import torch
 
 from model import cpu_linear, pooling
 from model.bert import Bert, BertConfig
-from model.config import ModelSpec, read_spec
+from model.config import ModelSpec, MoEInfo, read_spec
 from model.errors import InputError, ModelError
 from model.nomic_bert import NomicBert, NomicBertConfig
 from model.packing import PackedBatch, cls_pool, mean_pool, pack, use_varlen
@@ -90,6 +90,7 @@ class EncoderInfo:
     pooling: str
     packed_attention: bool  # attention itself runs without padding (varlen); matmuls never see padding
     prompts: dict[str, str] = field(default_factory=dict)
+    moe: MoEInfo | None = None  # the experts of a mixture-of-experts model
 
 
 class Encoder:
@@ -123,6 +124,7 @@ class Encoder:
             pooling=spec.pooling,
             packed_attention=self._packed,
             prompts=dict(spec.prompts),
+            moe=spec.moe,
         )
 
     @classmethod

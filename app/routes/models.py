@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Depends
 
 from app.errors import APIError
 from app.routes.common import require_api_key, require_ready
 from app.runtime import Runtime
-from app.schemas import ModelCard, ModelList
+from app.schemas import Experts, ModelCard, ModelList
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -25,6 +27,7 @@ def card(rt: Runtime) -> ModelCard:
         dtype=info.dtype,
         pooling=info.pooling,
         task_types=info.prompts,
+        experts=None if info.moe is None else Experts(**dataclasses.asdict(info.moe)),
     )
 
 
