@@ -162,7 +162,7 @@ def test_python_m_model_embed(tmp_path):
 
 
 def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, encoder):
-    """v2-moe's Hub layout, as `snapshot_download` leaves it in HF_HOME, loads by its hub id with the hub unreachable."""
+    """v2-moe's Hub layout, as `snapshot_download` leaves it in HF_HOME, loads by its hub id, the hub unreachable."""
     repo = tmp_path / "hf" / "hub" / "models--nomic-ai--nomic-embed-text-v2-moe"
     revision = "fedcba9876543210fedcba9876543210fedcba98"
     shutil.copytree(MOE, repo / "snapshots" / revision, ignore=shutil.ignore_patterns("golden.json"))
