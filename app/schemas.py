@@ -63,6 +63,7 @@ class Experts(BaseModel):
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
+    kind: str = Field(description="`embedding` (an embedding model) or `reranker` (a cross-encoder)")
     created: int
     owned_by: str = "nomic-embed-server"
     max_input_tokens: int

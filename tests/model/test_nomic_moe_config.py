@@ -9,7 +9,8 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from model.config import parse_config, read_spec
+from model.architectures import parse_config
+from model.config import read_spec
 from model.encoder import Encoder
 from model.errors import ConfigError, WeightsError
 from tests.conftest import GOLDEN
@@ -50,7 +51,7 @@ def test_input_limit_follows_the_one_rule():
     spec = read_spec(MOE)
     assert (spec.max_input_tokens, spec.limit_source) == (2048, "config.json n_positions")
     assert read_spec(MOE, 512).max_input_tokens == 512
-    assert spec.moe is not None and (spec.moe.num_experts, spec.moe.top_k, spec.moe.layers) == (4, 2, (1,))
+    assert spec.architecture.experts(spec.arch) == {"num_experts": 4, "top_k": 2, "layers": [1]}
     assert spec.matryoshka_layer_norm  # nomic's Matryoshka recipe
 
 
