@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from app import errors
 from app.middleware import RequestMiddleware
@@ -47,11 +48,15 @@ def create_app(
             if metrics_server is not None:
                 metrics_server.shutdown()
 
-    app = FastAPI(
+    # /docs (Swagger UI) loads its scripts from the installed package, not a CDN: it works offline. ReDoc is off: its
+    # sidebar logo is always fetched from redocly's CDN. Swagger UI's online validator badge is off for the same reason.
+    app = FastAPIOffline(
         title="nomic-embed-server",
         version="0.1.0",
         summary="OpenAI-compatible embeddings for NomicBert and the BERT family",
         lifespan=lifespan,
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.runtime = runtime
     errors.install(app)
