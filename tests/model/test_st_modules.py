@@ -138,7 +138,7 @@ def test_dense_defaults_to_tanh_and_can_add_its_input(folder):
 @pytest.mark.parametrize(
     "modules, message",
     [
-        ([POOLING, ("sentence_transformers.models.LayerNorm", "2_LayerNorm")], "sentence_transformers.models.LayerNorm"),
+        ([POOLING, ("sentence_transformers.models.LayerNorm", "2_Norm")], "sentence_transformers.models.LayerNorm"),
         ([POOLING, ("my_package.Rerank", "2_Custom")], "my_package.Rerank"),
         ([("sentence_transformers.models.Dense", "2_Dense"), POOLING], "Dense' before a Pooling"),
         ([POOLING, POOLING], "sentence_transformers.models.Pooling"),
