@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     default_input_type: str | None = Field(
         None, description="Task prefix applied when a request names none (e.g. `search_document`)."
     )
+    strict_dimensions: bool = Field(
+        False, description="`dimensions` only for models trained for it (Matryoshka: nomic, or `matryoshka_dimensions` "
+        "in config.json), else a 400, as vLLM does; off: any model truncates and re-normalises."
+    )
 
     # batching
     max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one encoder batch (padded cost on CPU).")
