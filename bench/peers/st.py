@@ -26,7 +26,8 @@ def load(model: str, dtype: str = "float32", threads: int | None = None, device:
     return {
         "device": str(st.device),
         "max_seq_length": st.max_seq_length,
-        "attn_implementation": getattr(st[0].auto_model.config, "_attn_implementation", None),
+        "attn_implementation": getattr(getattr(getattr(st[0], "auto_model", None), "config", None),
+                                       "_attn_implementation", None),
         "dtype": dtype,
         "threads": torch.get_num_threads(),
         "versions": {"python": platform.python_version(),
