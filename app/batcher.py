@@ -24,11 +24,14 @@ Scheduling:
   single input on free slots takes them all. On CPU, parts side by side each on their share of the cores
   beat one batch on all of them (no op waits at a barrier for a core the event loop took). Slots are taken
   whole before a batch starts, so cores are never oversubscribed.
+- shared slots: several batchers (one per served model) may share one `ComputeSlots` pool, so two models
+  never compute more batches at once than the machine has slots; waiters are served first come, first served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -117,6 +120,38 @@ class _Job:
     prepared: Any = None  # what `prepare` made of its items ahead of time (a `_Failed` if that failed)
 
 
+class ComputeSlots:
+    """The machine's compute slots, shared by every batcher that runs on the same cores. A batch takes all the
+    slots it needs at once (so no deadlock), and waiters are served in arrival order (so a batch that needs every
+    slot is not starved by a stream of one-slot batches from another model)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"slots must be >= 1, got {size}")
+        self.size = size
+        self._free = size
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[object] = collections.deque()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    def take(self, width: int) -> None:
+        ticket = object()
+        with self._cond:
+            self._waiting.append(ticket)
+            self._cond.wait_for(lambda: self._waiting[0] is ticket and self._free >= width)
+            self._waiting.popleft()
+            self._free -= width
+            self._cond.notify_all()  # the next in line may fit in what is left
+
+    def give(self, width: int) -> None:
+        with self._cond:
+            self._free += width
+            self._cond.notify_all()
+
+
 class Batcher(Generic[R]):
     def __init__(
         self,
@@ -132,9 +167,12 @@ class Batcher(Generic[R]):
         starvation_ms: float = 200.0,
         workers: int = 1,
         prepare: Callable[[list[Sequence[int]]], Any] | None = None,
+        slots: ComputeSlots | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if slots is not None and slots.size != workers:
+            raise ValueError(f"a shared slot pool of {slots.size} needs workers={slots.size}, got {workers}")
         self._workers = workers
         self._run_batch, self._cost, self._is_oom, self._on_batch = run_batch, cost, is_out_of_memory, on_batch
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
@@ -155,8 +193,8 @@ class Batcher(Generic[R]):
         self._draining = False
         self._death: BaseException | None = None
         self._lock = threading.Lock()  # guards _Job.state between the loop (take-back) and the worker (claim)
-        self._slots = threading.Condition()  # guards _free_slots between worker threads
-        self._free_slots = workers
+        self._shared_slots = slots is not None  # shared with other batchers (models) on the same cores
+        self._slots = slots or ComputeSlots(workers)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         # with `prepare`, a packer thread takes the formed jobs, prepares them and hands them on to the workers
         self._prepare = prepare
@@ -390,7 +428,8 @@ class Batcher(Generic[R]):
         if cls == BULK:
             self._last_bulk = now
         preemptible = cls == BULK and not self._by_len[INTERACTIVE]
-        if self._slots_claimed() > 0:  # others compute: this batch gets one slot
+        others_busy = self._shared_slots and self._slots.free < self._workers  # another model's batch computes
+        if self._slots_claimed() > 0 or others_busy:  # others compute: this batch gets one slot
             parts, width = [items], 1
         elif len(items) >= self._workers > 1:  # every slot free: split it, one part per slot, side by side
             parts, width = [items[i :: self._workers] for i in range(self._workers)], 1  # items are length-sorted
@@ -451,14 +490,10 @@ class Batcher(Generic[R]):
                 self._ready.put(None)  # the workers end after the jobs already handed on
 
     def _take_slots(self, width: int) -> None:
-        with self._slots:  # all of them at once: no worker holds some while waiting for more, so no deadlock
-            self._slots.wait_for(lambda: self._free_slots >= width)
-            self._free_slots -= width
+        self._slots.take(width)
 
     def _give_slots(self, width: int) -> None:
-        with self._slots:
-            self._free_slots += width
-            self._slots.notify_all()
+        self._slots.give(width)
 
     def _compute(self, ids: list[Sequence[int]], width: int, prepared: Any = None) -> tuple[list[Any], int]:
         """Outcomes per item (results or `_Failed`) and the number of out-of-memory splits. `prepared`: what the

@@ -10,6 +10,7 @@ import time
 import uuid
 
 from app.errors import APIError, error_body
+from app.metrics import NO_MODEL
 
 access_log = logging.getLogger("app.access")
 error_log = logging.getLogger("app")
@@ -68,12 +69,13 @@ class RequestMiddleware:
                 raise
             await self._reject(send_wrapper, 500, f"Internal server error (request id {request_id})", "internal_error")
         finally:
-            rt.request_finished()
+            model = state.get("model", NO_MODEL)  # set by the route once it knows the model (Runtime.bind)
+            rt.request_finished(model)
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             label = getattr(route, "path", "other")
-            rt.metrics.requests.labels(label, str(status)).inc()
-            rt.metrics.request_duration.labels(label).observe(elapsed)
+            rt.metrics.requests.labels(model, label, str(status)).inc()
+            rt.metrics.request_duration.labels(model, label).observe(elapsed)
             self._log(scope, request_id, status, elapsed, state)
 
     @staticmethod

@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from model import config_forms, weights
-from model.bert import Bert, BertConfig
-from model.config_forms import build_dataclass
+from model.bert import Bert, BertConfig, FirstTokenHead
+from model.config_forms import build_dataclass, classifier
 from model.errors import ConfigError
+from model.heads import SequenceScorer
+from model.modernbert import ModernBert, ModernBertConfig, ModernBertHead
 from model.nomic_bert import NomicBert, NomicBertConfig
 
 EMBEDDING = "embedding"  # an embedder: texts -> vectors
@@ -63,6 +65,21 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("BertModel", "bert", EMBEDDING, BertConfig, dict, Bert, weights.map_bert),
     Architecture("DistilBertModel", "distilbert", EMBEDDING, BertConfig, config_forms.distilbert_values, Bert,
                  weights.map_bert),
+    Architecture("XLMRobertaModel", "xlm-roberta", EMBEDDING, BertConfig, config_forms.xlmr_values, Bert,
+                 weights.map_bert),
+    Architecture("ModernBertModel", "modernbert", EMBEDDING, ModernBertConfig, config_forms.modernbert_values,
+                 ModernBert, weights.map_modernbert),
+    # cross-encoders: the same bodies under their classification heads
+    Architecture("BertForSequenceClassification", "bert", RERANKER, BertConfig, classifier(dict),
+                 lambda c: SequenceScorer(Bert(c), FirstTokenHead(c)), weights.map_scorer(weights.map_bert,
+                                                                                          weights.BERT_HEAD),
+                 pooling=("cls",)),
+    Architecture("XLMRobertaForSequenceClassification", "xlm-roberta", RERANKER, BertConfig,
+                 classifier(config_forms.xlmr_values), lambda c: SequenceScorer(Bert(c), FirstTokenHead(c)),
+                 weights.map_scorer(weights.map_bert, weights.ROBERTA_HEAD), pooling=("cls",)),
+    Architecture("ModernBertForSequenceClassification", "modernbert", RERANKER, ModernBertConfig,
+                 classifier(config_forms.modernbert_values), lambda c: SequenceScorer(ModernBert(c), ModernBertHead(c)),
+                 weights.map_scorer(weights.map_modernbert, weights.MODERNBERT_HEAD)),
 )
 
 

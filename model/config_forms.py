@@ -7,12 +7,17 @@ forms of one setting and they disagree, loading fails naming both keys.
 - NomicBert: the legacy GPT2Config names (`n_embd`, `rotary_emb_base`, ...) and the transformers-v5 names
   (`hidden_size`, `rope_parameters`, ...), mapped onto the legacy names (spec §1).
 - DistilBERT: its own names (`dim`, `n_layers`, ...) mapped onto BERT's.
+- XLM-RoBERTa: BERT's names; its `pad_token_id` becomes the position numbering's `padding_idx`.
+- ModernBERT: transformers-v5's `layer_types` + `rope_parameters` (thetas per layer type) and the Hub's legacy
+  `global_attn_every_n_layers` + `global_rope_theta` / `local_rope_theta`, onto the legacy names plus `layer_types`.
+- Cross-encoders (`*ForSequenceClassification`): the body's form, and one label (one score per pair).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from model.errors import ConfigError
@@ -45,10 +50,12 @@ def build_dataclass(cls: type, values: dict[str, Any], source: str) -> Any:
             or (isinstance(value, int) and not isinstance(value, bool) and ("int" in kind or "float" in kind))
             or (isinstance(value, float) and "float" in kind and math.isfinite(value))
             or (isinstance(value, str) and kind.startswith("str"))
+            or (isinstance(value, (list, tuple)) and kind.startswith("tuple")
+            and all(isinstance(v, str) for v in value))
         )
         if not ok:
             raise ConfigError(f"{source}: {f.name}={value!r} has the wrong type (expected {kind})")
-        kwargs[f.name] = value
+        kwargs[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
 
 
@@ -143,3 +150,77 @@ def distilbert_values(raw: dict[str, Any]) -> dict[str, Any]:
         "type_vocab_size": 0,
         "layer_norm_eps": 1e-12,  # fixed in DistilBERT
     }
+
+
+def xlmr_values(raw: dict[str, Any]) -> dict[str, Any]:
+    """XLM-R is BERT with RoBERTa's position numbering, which starts after the model's own pad id."""
+    pad = raw.get("pad_token_id", 1)
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+        raise ConfigError(f"pad_token_id={pad!r} must be a token id (XLM-R numbers positions from it)")
+    return dict(raw, padding_idx=pad)
+
+
+MODERNBERT_THETAS = (  # (layer type, legacy key, transformers' default)
+    ("full_attention", "global_rope_theta", 160000.0),
+    ("sliding_attention", "local_rope_theta", 10000.0),
+)
+
+
+def modernbert_values(raw: dict[str, Any]) -> dict[str, Any]:
+    """Both ModernBERT config forms onto ModernBertConfig; where a config carries both, they must agree."""
+    values = dict(raw)
+    layers = raw.get("num_hidden_layers", 22)
+    every = raw.get("global_attn_every_n_layers")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ConfigError(f"global_attn_every_n_layers={every!r} must be a positive integer")
+    derived = ["sliding_attention" if i % (every or 3) else "full_attention" for i in range(layers)]
+    types = raw.get("layer_types")
+    if types is None:
+        values["layer_types"] = derived
+    elif every is not None and isinstance(types, list) and types != derived:
+        raise ConfigError(
+            f"config.json disagrees with itself: layer_types={types} but global_attn_every_n_layers={every} "
+            f"gives {derived}"
+        )
+    if raw.get("rope_scaling") is not None:
+        raise ConfigError(f"rope_scaling={raw['rope_scaling']!r} is not supported (ModernBERT's rotary is plain)")
+    rope = raw.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"rope_parameters must be an object, got {rope!r}")
+    for layer_type, legacy_key, default in MODERNBERT_THETAS:
+        params = rope.get(layer_type) or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"rope_parameters.{layer_type} must be an object, got {params!r}")
+        if params.get("rope_type", "default") != "default":
+            raise ConfigError(
+                f"rope_parameters.{layer_type}.rope_type={params['rope_type']!r} is not supported (ModernBERT uses "
+                "'default')"
+            )
+        v5, legacy = params.get("rope_theta"), raw.get(legacy_key)
+        if v5 is not None and legacy is not None and not _same(v5, legacy):
+            raise ConfigError(
+                f"config.json disagrees with itself: {legacy_key}={legacy!r} but "
+                f"rope_parameters.{layer_type}.rope_theta={v5!r}"
+            )
+        theta = v5 if v5 is not None else legacy
+        if theta is None and legacy_key == "local_rope_theta" and legacy_key in raw:
+            theta = values["global_rope_theta"]  # transformers 4.x: local_rope_theta null -> the global base
+        values[legacy_key] = default if theta is None else theta
+    return values
+
+
+def classifier(body: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A cross-encoder's config: its body's form, checked for one label (transformers' rule: `id2label` when given,
+    else `num_labels`, else 2)."""
+
+    def values(raw: dict[str, Any]) -> dict[str, Any]:
+        labels = raw.get("id2label")
+        count = len(labels) if isinstance(labels, dict) and labels else raw.get("num_labels", 2)
+        if count != 1:
+            raise ConfigError(
+                f"num_labels={count!r} (id2label) is not supported: a reranker here gives one score per pair "
+                "(num_labels 1)"
+            )
+        return body(raw)
+
+    return values

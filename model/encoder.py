@@ -4,6 +4,10 @@
     ids = enc.tokenize(["search_query: what is rotary?"])
     vectors = enc.embed(ids, dimensions=256)        # (N, 256) float32, L2-normalised
 
+    rr = Encoder.load("BAAI/bge-reranker-base")     # a cross-encoder: info.kind == "reranker"
+    pairs = rr.tokenize_pairs("what is rotary?", ["a document", "another"], truncate=True)
+    scores = rr.activate(rr.score(pairs))           # (N,) float32: raw logits, then the model's activation
+
 The split the server relies on: `pooled(batch)` is the device work (run in one worker thread), `finish(...)` the cheap
 per-request post-processing (Matryoshka, normalisation) done wherever the request is answered.
 """
@@ -19,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import cpu_linear, pooling
-from model.architectures import build_model
-from model.config import ModelSpec, read_spec
-from model.errors import InputError, ModelError
-from model.packing import AMPERE, PackedBatch, cls_pool, mean_pool, pack, varlen_supported
-from model.tokenizer import Tokenizer
+from model import cpu_linear, pooling, weights
+from model.activations import torch_activation
+from model.architectures import EMBEDDING, RERANKER, build_model
+from model.config import DenseSpec, ModelSpec, NormalizeSpec, PoolingSpec, read_spec
+from model.errors import InputError, ModelError, PairTooLong
+from model.heads import Float32Head
+from model.packing import AMPERE, PackedBatch, pack, varlen_supported
+from model.tokenizer import Pair, Tokenizer
 from model.weights import read_state_dict, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -100,15 +106,41 @@ def describe_precision(device: torch.device, dtype: torch.dtype, varlen: bool) -
 class EncoderInfo:
     name: str
     model_type: str
-    hidden_size: int
+    hidden_size: int  # the width of the embeddings (after any Dense module)
     max_input_tokens: int
     limit_source: str
     vocab_size: int
     device: str
     dtype: str
-    pooling: str
+    pooling: str  # sentence-transformers' mode names joined with '+' (a reranker's: how its head pools)
     packed_attention: bool  # attention itself runs without padding (varlen); matmuls never see padding
     prompts: dict[str, str] = field(default_factory=dict)
+    kind: str = EMBEDDING  # or RERANKER: a cross-encoder, scoring (query, document) pairs
+    architecture: str = ""  # the architecture table's row, as transformers names the class
+    experts: dict[str, int] | None = None  # MoE layout (experts, top-k, ...), None for dense models
+    matryoshka: bool = False  # trained for truncated `dimensions`
+    matryoshka_dimensions: tuple[int, ...] | None = None  # the widths it was trained at, when the folder lists them
+    activation: str | None = None  # rerankers: the torch.nn class scores go through (sentence-transformers' rule)
+
+
+def sentence_chain(spec: ModelSpec) -> pooling.Chain | None:
+    """The sentence-transformers modules after the Transformer, as nn.Modules (Dense weights loaded strictly from
+    their folders); None for a cross-encoder, whose head is part of its model."""
+    if spec.kind == RERANKER:
+        return None
+    first, *rest = spec.modules
+    assert isinstance(first, PoolingSpec)
+    after: list[torch.nn.Module] = []
+    for module in rest:
+        if isinstance(module, DenseSpec):
+            act = torch_activation(module.activation, f"{module.path.name} activation_function")
+            make = lambda m=module, a=act: pooling.Dense(m.in_features, m.out_features, m.bias, a, m.residual)
+            after.append(weights.build_model(make, read_state_dict(module.path), module.path.name))
+        elif isinstance(module, NormalizeSpec):
+            after.append(pooling.Normalize())
+    if after and isinstance(after[-1], pooling.Normalize):
+        after.pop()  # `finish` normalises every embedding anyway, after a chunked input's windows are averaged
+    return pooling.Chain(pooling.Pooling(first.modes), after)
 
 
 class Encoder:
@@ -126,6 +158,12 @@ class Encoder:
         self.spec, self.tokenizer, self.device, self.dtype = spec, tokenizer, device, dtype
         self.threads = threads or default_threads()
         self.model = model.to(device=device, dtype=dtype)
+        for module in self.model.modules():
+            if isinstance(module, Float32Head):  # scores are computed in fp32 whatever the encoder's dtype
+                module.float()
+        chain = sentence_chain(spec)
+        self.chain = chain.to(device) if chain is not None else None  # fp32: it works on fp32 pooled vectors
+        self._activation = torch_activation(spec.activation, "activation") if spec.activation else None
         # CPU: oneDNN packed matmuls where they beat nn.Linear here (timed); torch.compile brings its own kernels
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
@@ -144,6 +182,12 @@ class Encoder:
             pooling=spec.pooling,
             packed_attention=self._packed,
             prompts=dict(spec.prompts),
+            kind=spec.kind,
+            architecture=spec.architecture.name,
+            experts=spec.architecture.experts(spec.arch),
+            matryoshka=spec.matryoshka,
+            matryoshka_dimensions=spec.matryoshka_dimensions,
+            activation=spec.activation.rsplit(".", 1)[-1] if spec.activation else None,
         )
 
     @classmethod
@@ -167,8 +211,8 @@ class Encoder:
         if torch_device.type == "cpu":
             torch.set_num_threads(encoder.threads)
         log.info(
-            "loaded %s (%s, %d dims, max %d tokens from %s) on %s: %s%s",
-            model, spec.model_type, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
+            "loaded %s (%s %s, %d dims, max %d tokens from %s) on %s: %s%s",
+            model, spec.architecture.name, spec.kind, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
             torch_device, describe_precision(torch_device, torch_dtype, encoder.info.packed_attention),
             f", {encoder.threads} threads, {encoder.linear_kernel} linears" if torch_device.type == "cpu" else "",
         )
@@ -179,13 +223,6 @@ class Encoder:
         if self.tokenizer is None:
             raise ModelError(f"{self.info.name} has no tokenizer.json: send token ids")
         return self.tokenizer.encode(texts, prefix)
-
-    def check_ids(self, ids: Sequence[int]) -> None:
-        if not ids:
-            raise InputError("empty input")
-        bad = next((i for i in ids if not 0 <= i < self.info.vocab_size), None)
-        if bad is not None:
-            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.info.vocab_size})")
 
     def truncate(self, ids: Sequence[int], limit: int | None = None) -> list[int]:
         limit = limit or self.info.max_input_tokens
@@ -258,8 +295,8 @@ class Encoder:
         (N, E) float32 pooled vectors, not normalised."""
         if self.device.type != "cpu":
             packed = packed.to(self.device)
-        hidden = self._forward(packed)  # (T, E)
-        vectors = cls_pool(hidden, packed) if self.spec.pooling == "cls" else mean_pool(hidden, packed)
+        out = self._forward(packed)  # (T, E) hidden states, or a cross-encoder's (B, 1) fp32 logits
+        vectors = self.chain(out, packed) if self.chain is not None else out  # pooled (B, width) fp32
         return vectors.cpu().numpy()
 
     def finish(self, pooled: np.ndarray, dimensions: int | None = None) -> np.ndarray:
@@ -271,6 +308,8 @@ class Encoder:
         self, batch: Sequence[Sequence[int]], dimensions: int | None = None, max_batch_tokens: int = 16384
     ) -> np.ndarray:
         """Embed any number of inputs, in length-sorted sub-batches of at most `max_batch_tokens` padded tokens."""
+        if self.info.kind != EMBEDDING:
+            raise ModelError(f"{self.info.name} is a {self.info.kind} ({self.info.architecture}): it scores pairs")
         return self.finish(self.pool_sorted(batch, max_batch_tokens), dimensions)
 
     def pool_sorted(self, batch: Sequence[Sequence[int]], max_batch_tokens: int = 16384) -> np.ndarray:
@@ -287,6 +326,37 @@ class Encoder:
             if i is not None:
                 chunk.append(i)
         return out
+
+    # ---- cross-encoders ---------------------------------------------------------------------------------------
+    def tokenize_pairs(self, query: str, documents: Sequence[str], truncate: bool) -> list[Pair]:
+        """(query, document) pairs as the model's pair template lays them out. Over the input limit: cut
+        longest-first (sentence-transformers' CrossEncoder) when `truncate`, else PairTooLong naming the document."""
+        if self.tokenizer is None:
+            raise ModelError(f"{self.info.name} has no tokenizer.json")
+        limit = self.info.max_input_tokens
+        pairs = self.tokenizer.pairs(query, documents)
+        over = [i for i, p in enumerate(pairs) if len(p) > limit]
+        if over and not truncate:
+            raise PairTooLong(over[0], len(pairs[over[0]]), limit)
+        if over:
+            for i, pair in zip(over, self.tokenizer.pairs(query, [documents[i] for i in over], truncate_to=limit)):
+                pairs[i] = pair
+        return pairs
+
+    def score(self, pairs: Sequence[Pair], threads: int | None = None) -> np.ndarray:
+        """Raw fp32 logits, (N,), of tokenised pairs, packed like any batch (token types where the model has them)."""
+        if self.info.kind != RERANKER:
+            raise ModelError(f"{self.info.name} is an {self.info.kind} model ({self.info.architecture}): it cannot "
+                             "score pairs")
+        types = [p.token_types for p in pairs] if getattr(self.spec.arch, "type_vocab_size", 0) > 1 else None
+        return self.pooled([p.ids for p in pairs], types, threads)[:, 0]
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """The model's score activation (sentence-transformers' rule: its metadata, else Sigmoid), in fp32."""
+        if self._activation is None:
+            raise ModelError(f"{self.info.name} is an {self.info.kind} model: it has no score activation")
+        with torch.inference_mode():
+            return self._activation(torch.as_tensor(np.asarray(logits, dtype=np.float32))).numpy()
 
     def warmup(self) -> None:
         """Run a few shapes once so the first request does not pay for allocator growth or compilation."""

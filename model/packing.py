@@ -155,24 +155,41 @@ def per_sequence_pays(batch: PackedBatch) -> bool:
     )
 
 
-def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-    """Bidirectional attention inside each sequence. q, k, v: (T, H, D) -> (T, H, D)."""
+@functools.lru_cache(maxsize=8)  # one forward's local layers share it; a few sizes in flight at most
+def band_mask(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """(n, n) bool: query i may attend key j iff |i - j| <= radius (a sliding window: ModernBERT's local layers)."""
+    i = torch.arange(n, device=device)
+    return (i[:, None] - i[None, :]).abs() <= radius
+
+
+def packed_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, window: int | None = None
+) -> torch.Tensor:
+    """Bidirectional attention inside each sequence. q, k, v: (T, H, D) -> (T, H, D). With `window`, a query sees only
+    keys at most `window` positions away (and, as always, only its own sequence's)."""
+    if window is not None and batch.max_len <= window + 1:
+        window = None  # every key is inside the window: plain attention, no mask
     if batch.varlen:
         cu = batch.cu_seqlens
-        return _varlen_attn()(q, k, v, cu, cu, batch.max_len, batch.max_len)
+        sliding = (window, window) if window is not None else (-1, -1)
+        return _varlen_attn()(q, k, v, cu, cu, batch.max_len, batch.max_len, window_size=sliding)
     B, S = batch.batch_size, batch.max_len
     T, H, D = q.shape
+    band = band_mask(S, window, q.device) if window is not None else None  # (S, S)
     if batch.uniform:  # equal lengths: the packed tokens already form the (B, S) grid
         grid = [t.view(B, S, H, D).transpose(1, 2) for t in (q, k, v)]  # (B, H, S, D)
-        out = F.scaled_dot_product_attention(*grid)
+        out = F.scaled_dot_product_attention(*grid, attn_mask=band)
         return out.transpose(1, 2).reshape(T, H, D)
     if per_sequence_pays(batch):
         out = torch.empty_like(q)
         start = 0
         for n in batch.length_list:
             seq = slice(start, start + n)
-            heads = [t[seq].transpose(0, 1) for t in (q, k, v)]  # (H, n, D) views
-            out[seq] = F.scaled_dot_product_attention(*heads).transpose(0, 1)
+            # (1, H, n, D) views: SDPA's fused CPU kernel wants 4-d inputs (3-d ones fall back to the math path, which
+            # materialises the (H, n, n) scores: 2.7x slower and +1.5 GB at 4,096 tokens x 12 heads, fp32)
+            heads = [t[seq].transpose(0, 1)[None] for t in (q, k, v)]
+            mask = band[:n, :n] if band is not None else None
+            out[seq] = F.scaled_dot_product_attention(*heads, attn_mask=mask)[0].transpose(0, 1)
             start += n
         return out
     slot = batch.seq_index * S + batch.positions  # (T,) flat index into the (B*S) grid
@@ -182,7 +199,8 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: P
         padded[slot] = t
         grid.append(padded.view(B, S, H, D).transpose(1, 2))  # (B, H, S, D)
     key_mask = torch.arange(S, device=q.device)[None, :] < batch.lengths[:, None]  # (B, S)
-    out = F.scaled_dot_product_attention(*grid, attn_mask=key_mask[:, None, None, :])  # (B, H, S, D)
+    mask = key_mask[:, None, None, :] if band is None else key_mask[:, None, None, :] & band  # (B, 1, 1|S, S)
+    out = F.scaled_dot_product_attention(*grid, attn_mask=mask)  # (B, H, S, D)
     return out.transpose(1, 2).reshape(B * S, H, D)[slot]  # (T, H, D)
 
 
