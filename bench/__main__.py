@@ -12,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench import gpu, report, scenarios, venvs
+from bench import gpu, moe, report, scenarios, venvs
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS = scenarios.SCENARIOS | {"moe": moe.moe}
 log = logging.getLogger("bench")
-ALL = {**scenarios.SCENARIOS, **gpu.SCENARIOS}
-DEFAULT = {"cpu": list(scenarios.SCENARIOS), "cuda": list(gpu.SCENARIOS)}
+ALL = {**SCENARIOS, **gpu.SCENARIOS}
+DEFAULT = {"cpu": list(SCENARIOS), "cuda": list(gpu.SCENARIOS)}
 
 
 def default_minilm() -> Path:

@@ -117,7 +117,7 @@ class EncoderInfo:
     prompts: dict[str, str] = field(default_factory=dict)
     kind: str = EMBEDDING  # or RERANKER: a cross-encoder, scoring (query, document) pairs
     architecture: str = ""  # the architecture table's row, as transformers names the class
-    experts: dict[str, int] | None = None  # MoE layout (experts, top-k, ...), None for dense models
+    experts: dict[str, int | list[int]] | None = None  # MoE layout (experts, top-k, MoE layers), None for dense models
     matryoshka: bool = False  # trained for truncated `dimensions`
     matryoshka_dimensions: tuple[int, ...] | None = None  # the widths it was trained at, when the folder lists them
     activation: str | None = None  # rerankers: the torch.nn class scores go through (sentence-transformers' rule)
