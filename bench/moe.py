@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from bench import checkpoint, inputs
 from bench.scenarios import Context, best, make_row, ours_runner
+from model.encoder import cpu_has_native_bf16
 
 log = logging.getLogger("bench")
 FIXTURE = checkpoint.DATA / "golden" / "nomic-moe" / "nomic-moe-tiny"
@@ -152,6 +153,23 @@ def expert_variants(moe: torch.nn.Module, config, dtype: torch.dtype) -> dict[st
             "stacked expert weights, torch.matmul per expert": stacked.eval()}
 
 
+def bf16_pair(config) -> dict[str, torch.nn.Module]:
+    """A random MoE FFN and a dense FFN of its active width in bf16 on the CPU fast path (what `--dtype auto` runs on
+    CPUs with native bf16): the same comparison in the dtype this box serves in."""
+    from model import cpu_linear
+    from model.nomic_bert import MLP, MoE
+
+    pair = {"moe_ffn_bf16": MoE(config), "dense_ffn_bf16": MLP(config.n_embd, config.moe_top_k * config.n_inner,
+                                                               "gelu", True, True)}
+    with torch.no_grad():
+        for module in pair.values():
+            for p in module.parameters():
+                p.normal_(0, 0.02)
+            module.to(torch.bfloat16).eval()
+            cpu_linear.install(module)
+    return pair
+
+
 def moe(ctx: Context) -> None:
     p = ctx.profile
     from model.encoder import Encoder
@@ -199,7 +217,10 @@ def moe(ctx: Context) -> None:
             h.remove()
         ffn_in = seen["ffn"][0]
         variants = expert_variants(layer.mlp, c, enc.dtype)
+        bf16 = bf16_pair(c) if cpu_has_native_bf16() else {}
+        x16 = ffn_in.bfloat16()
         times = in_turns({
+            **{name: lambda m=m: m(x16) for name, m in bf16.items()},
             "moe_ffn": lambda: layer.mlp(ffn_in),
             "dense_ffn": lambda: twin.mlp(ffn_in),
             "moe_layer": lambda: layer(*seen["layer"]),
@@ -216,6 +237,12 @@ def moe(ctx: Context) -> None:
                                  moe_ms, f"dense {what} (inner {c.moe_top_k} x {c.n_inner})", dense_ms,
                                  better="lower", metric=f"moe_vs_dense_{part}", time_ratio=moe_ms / dense_ms, **common))
         log.info("moe %s: %.1f ms vs dense %.1f ms (%.2fx)", what, moe_ms, dense_ms, moe_ms / dense_ms)
+    if bf16:
+        moe_ms, dense_ms = 1e3 * times["moe_ffn_bf16"], 1e3 * times["dense_ffn_bf16"]
+        ctx.rows.append(make_row("moe", f"MoE FFN vs dense of the same active FLOPs, bf16, {len(ffn_in)} tokens", "ms",
+                                 moe_ms, f"dense FFN (inner {c.moe_top_k} x {c.n_inner}), bf16", dense_ms,
+                                 better="lower", metric="moe_vs_dense_ffn_bf16", time_ratio=moe_ms / dense_ms,
+                                 dtype="bfloat16", **common))
     for name in variants:  # what the experts run on: ours (oneDNN per expert, on CPUs where it wins) vs the others
         ctx.rows.append(make_row("moe", f"MoE FFN, {name}, {len(ffn_in)} tokens", "ms", 1e3 * times[name],
                                  f"MoE FFN as shipped ({enc.linear_kernel} MLP per expert)", 1e3 * times["moe_ffn"],
