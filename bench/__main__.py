@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         SCENARIOS[name](ctx)
         log.info("== %s done in %.0f s", name, time.monotonic() - t0)
-    versions.update(ctx.info.get("ours", ctx.info.get("ours_nomic", {})).get("versions", {}))
+    versions.update(next((ctx.info[k] for k in ("ours", "ours_nomic", "ours_moe") if k in ctx.info), {}).get("versions",
+                                                                                                          {}))
     if ctx.peers:
         for peer, dists in (("st", ("sentence-transformers", "transformers")), ("transformers", ("transformers",)),
                             ("infinity", ("infinity-emb", "sentence-transformers", "transformers"))):
