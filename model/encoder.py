@@ -168,7 +168,8 @@ class Encoder:
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
         # the attention path is fixed here, at load: varlen flash attention wherever the GPU has it, else SDPA
-        self._packed = device.type == "cuda" and varlen_supported(device, dtype, spec.arch.head_dim)
+        head_dim = getattr(spec.arch, "head_dim", None)  # an architecture that does not say runs SDPA
+        self._packed = device.type == "cuda" and head_dim is not None and varlen_supported(device, dtype, head_dim)
         self.info = EncoderInfo(
             name=name,
             model_type=spec.model_type,
