@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("== %s done in %.0f s", name, time.monotonic() - t0)
         report.write({**result, "elapsed_s": time.monotonic() - started, "targets": report.targets(ctx.rows)},
                      args.out, plots=False)  # what ran so far survives a run cut short
-    for key in ("ours", "ours_nomic", "ours_gpu", "ours_forward"):
+    for key in ("ours", "ours_nomic", "ours_gpu", "ours_forward", "ours_moe"):
         if key in ctx.info:
             versions.update(ctx.info[key].get("versions", {}))
             break
