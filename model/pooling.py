@@ -111,7 +111,9 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def finish(pooled: np.ndarray, dimensions: int | None, matryoshka_layer_norm: bool, normalize: bool = True) -> np.ndarray:
+def finish(
+    pooled: np.ndarray, dimensions: int | None, matryoshka_layer_norm: bool, normalize: bool = True
+) -> np.ndarray:
     """(N, E) float32 pooled vectors -> (N, dimensions or E) float32 unit vectors (raw ones when not `normalize`:
     the Matryoshka recipe's layer_norm and truncation still apply)."""
     x = pooled.astype(np.float32, copy=False)

@@ -75,7 +75,9 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def detailed(self, text: str, add_special_tokens: bool = True) -> list[tuple[int, str, bool, int | None, int | None]]:
+    def detailed(
+        self, text: str, add_special_tokens: bool = True
+    ) -> list[tuple[int, str, bool, int | None, int | None]]:
         """(id, text, special, start, stop) per token, as TEI's /tokenize gives them: a special token's own string
         and no offsets; any other token's piece of `text` and its UTF-8 byte offsets in `text`."""
         enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
