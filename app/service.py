@@ -63,6 +63,17 @@ class EmbeddingService:
                 param="dimensions",
                 code="invalid_value",
             )
+        if dimensions is not None and dimensions < self.info.hidden_size and self.settings.strict_dimensions:
+            trained = self.info.matryoshka_dimensions
+            if not self.info.matryoshka or (trained and dimensions not in trained):
+                why = f"only to {list(trained)}" if self.info.matryoshka else "for no smaller width (Matryoshka)"
+                raise APIError(
+                    400,
+                    f"This model was trained {why}: dimensions={dimensions} would give poor embeddings "
+                    "(--strict-dimensions)",
+                    param="dimensions",
+                    code="invalid_value",
+                )
 
     @staticmethod
     def check_texts(texts: Sequence[str]) -> None:

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks CUDA when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="`auto`: bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32."
+        "auto",
+        description="`auto`: bf16 on GPUs of compute capability >= 8.0 (fp16 on older ones) and on CPUs with native"
+        " bf16 (AMX, AVX512-BF16), else fp32.",
     )
     max_input_tokens: int | None = Field(
         None, ge=1, description="Longest accepted input in tokens; default from the model folder (README: input limit)."
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
     )
     default_input_type: str | None = Field(
         None, description="Task prefix applied when a request names none (e.g. `search_document`)."
+    )
+    strict_dimensions: bool = Field(
+        False, description="`dimensions` only for models trained for it (Matryoshka: nomic, or `matryoshka_dimensions` "
+        "in config.json), else a 400, as vLLM does; off: any model truncates and re-normalises."
     )
 
     # batching

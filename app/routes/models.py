@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends
 
 from app.routes.common import require_api_key, require_ready
 from app.runtime import Runtime, ServedModel
-from app.schemas import ModelCard, ModelList
+from app.schemas import Experts, ModelCard, ModelList
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -22,9 +22,14 @@ def card(rt: Runtime, served: ServedModel) -> ModelCard:
         max_input_tokens_source=info.limit_source,
         dimensions=info.hidden_size,
         model_type=info.model_type,
+        architecture=info.architecture,
+        experts=None if info.experts is None else Experts(**info.experts),
         device=info.device,
         dtype=info.dtype,
         pooling=info.pooling,
+        matryoshka=info.matryoshka,
+        matryoshka_dimensions=list(info.matryoshka_dimensions) if info.matryoshka_dimensions else None,
+        score_activation=info.activation,
         task_types=info.prompts,
     )
 
