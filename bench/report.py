@@ -132,6 +132,8 @@ def cpu_targets(rows: list[dict]) -> list[dict]:
                     "{:.2f}x")
     inproc = _find(rows, group="inprocess", kind="medium", batch_size=32, metric="tokens_per_s")
     add("in-process ~180 tok batch 32: tokens/s vs sentence-transformers", inproc and inproc["ratio"], 1.2, "{:.2f}x")
+    pairs = _find(rows, group="rerank", batch_size=32, metric="pairs_per_s")
+    add("rerank batch 32: pairs/s vs sentence-transformers CrossEncoder", pairs and pairs["ratio"], 1.2, "{:.2f}x")
     mfu = _find(rows, group="nomic", kind="512x16", metric="mfu")
     add("NomicBert 512 x 16: % of measured matmul peak", mfu and mfu["ours"], 70.0, "{:.1f}%")
     for r in rows:
@@ -180,7 +182,9 @@ def markdown(result: dict) -> str:
     if result["checks"]:
         lines += ["", "## Agreement checks", ""]
         for c in result["checks"]:
-            lines.append(f"- {c['check']}: min cosine {c['min_cosine']:.6f} ({'pass' if c['pass'] else 'FAIL'})")
+            figure = (f"min cosine {c['min_cosine']:.6f}" if "min_cosine" in c
+                      else f"max |difference| {c['max_abs_diff']:.2e}")
+            lines.append(f"- {c['check']}: {figure} ({'pass' if c['pass'] else 'FAIL'})")
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if result.get("plots"):
