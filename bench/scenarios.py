@@ -229,41 +229,47 @@ RERANK_DOC_TOKENS = 90  # about an ms-marco passage
 
 def rerank(ctx: Context) -> None:
     """Pairs/s of a cross-encoder the size of ms-marco-MiniLM-L-6-v2 (seeded weights), one query against documents of
-    ~90 tokens, text in and scores out on both sides, `batch_size` pairs per forward; outputs compared first."""
+    ~90 tokens, text in and scores out on both sides, `batch_size` pairs per forward; outputs compared first. Each
+    point runs on one intra-op thread (how each of the server's two CPU encoder workers computes a batch) and on all
+    of them, both sides alike."""
     p = ctx.profile
     folder = ctx.reranker or checkpoint.build_cross_encoder()
-    pool = max(max(p.batch_sizes), p.min_texts)
+    batch_sizes = tuple(b for b in p.batch_sizes if b >= 8) or p.batch_sizes  # batch 1 is the embedding rows' story
+    pool = max(max(batch_sizes), p.min_texts)
     documents = inputs.texts_of_length(folder / "tokenizer.json", RERANK_DOC_TOKENS, pool, seed=77)
-    with ours_runner(ctx, "ours_rerank") as ours:
-        ctx.info["ours_rerank"] = ours.call("load", model=str(folder), dtype="float32")
-        st = peer_runner(ctx, "st", "st.py")
-        try:
-            st_info = _try(ctx, st, "load_cross_encoder", model=str(folder))
-            if st_info is None and st is not None:
-                st.close()
-                st = None
-            if st is not None and st_info:
-                ctx.info["sentence-transformers CrossEncoder"] = st_info
-                a = ours.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
-                b = st.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
-                worst = max(abs(x - y) for x, y in zip(a, b))
-                ctx.checks.append({"check": "cross-encoder: ours vs CrossEncoder.predict, 16 pairs",
-                                   "max_abs_diff": worst, "pass": worst <= 1e-4})
-            for bs in p.batch_sizes:
-                job = {"query": RERANK_QUERY, "documents": documents[: max(bs, p.min_texts)], "batch_size": bs}
-                mine, theirs = paired(ctx, ours, st, "time_pairs", job, p.warmup, p.reps, p.max_s)
-                n, t_ours = mine["n"], best(mine["times"])
-                t_peer = best(theirs["times"]) if theirs else None
-                ctx.rows.append(make_row(
-                    "rerank", f"rerank (~{RERANK_DOC_TOKENS}-tok documents) batch {bs} pairs/s", "pairs/s", n / t_ours,
-                    "sentence-transformers CrossEncoder", n / t_peer if t_peer else None, metric="pairs_per_s",
-                    model="ms-marco-MiniLM-L-6-v2-sized (seeded)", batch_size=bs, pairs=n, tokens=mine["tokens"],
-                    ours_times_s=mine["times"], peer_times_s=theirs["times"] if theirs else None))
-                log.info("rerank batch %d: ours %.0f pairs/s, st %s", bs, n / t_ours,
-                         f"{n / t_peer:.0f}" if t_peer else "-")
-        finally:
-            if st is not None:
-                st.close()
+    for threads in (1, None):
+        with ours_runner(ctx, "ours_rerank") as ours:
+            ctx.info["ours_rerank"] = ours.call("load", model=str(folder), dtype="float32", threads=threads)
+            st = peer_runner(ctx, "st", "st.py")
+            try:
+                st_info = _try(ctx, st, "load_cross_encoder", model=str(folder), threads=threads)
+                if st_info is None and st is not None:
+                    st.close()
+                    st = None
+                if st is not None and st_info:
+                    ctx.info["sentence-transformers CrossEncoder"] = st_info
+                    a = ours.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
+                    b = st.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
+                    worst = max(abs(x - y) for x, y in zip(a, b))
+                    ctx.checks.append({"check": "cross-encoder: ours vs CrossEncoder.predict, 16 pairs",
+                                       "max_abs_diff": worst, "pass": worst <= 1e-4})
+                used = ctx.info["ours_rerank"]["threads"]
+                for bs in batch_sizes:
+                    job = {"query": RERANK_QUERY, "documents": documents[: max(bs, p.min_texts)], "batch_size": bs}
+                    mine, theirs = paired(ctx, ours, st, "time_pairs", job, p.warmup, p.reps, p.max_s)
+                    n, t_ours = mine["n"], best(mine["times"])
+                    t_peer = best(theirs["times"]) if theirs else None
+                    ctx.rows.append(make_row(
+                        "rerank", f"rerank (~{RERANK_DOC_TOKENS}-tok documents) batch {bs}, {used} thread(s) pairs/s",
+                        "pairs/s", n / t_ours, "sentence-transformers CrossEncoder", n / t_peer if t_peer else None,
+                        metric="pairs_per_s", model="ms-marco-MiniLM-L-6-v2-sized (seeded)", batch_size=bs,
+                        threads=used, pairs=n, tokens=mine["tokens"], ours_times_s=mine["times"],
+                        peer_times_s=theirs["times"] if theirs else None))
+                    log.info("rerank batch %d, %d thread(s): ours %.1f pairs/s, st %s", bs, used, n / t_ours,
+                             f"{n / t_peer:.1f}" if t_peer else "-")
+            finally:
+                if st is not None:
+                    st.close()
 
 
 # ---- full-size NomicBert: ours vs transformers' nomic_bert, ids in, MFU ---------------------------------------------
