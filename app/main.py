@@ -46,6 +46,7 @@ def create_app(settings: Settings, encoder=None, on_fatal: Callable[[str], None]
         version="0.1.0",
         summary="OpenAI-compatible embeddings for NomicBert and the BERT family",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would build its Location from the client's Host header
     )
     app.state.runtime = runtime
     errors.install(app)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from fastapi import Request
@@ -15,14 +16,27 @@ from app.batcher import Batcher, BatchStats
 from app.cache import EmbeddingCache
 from app.metrics import Metrics
 from app.service import EmbeddingService
-from app.settings import DEFAULT_MODEL, Settings
+from app.settings import Settings
 
 log = logging.getLogger("app")
+
+
+def served_name(settings: Settings) -> str:
+    """What clients send as `model` and what /v1/models and /metrics show: --served-model-name, else the packaged
+    model's name, a local folder's basename (never its filesystem path), or the hub id as given."""
+    if settings.served_model_name:
+        return settings.served_model_name
+    model = settings.model
+    if model.startswith("packaged:"):
+        return model.split(":", 1)[1]
+    folder = Path(model).expanduser()
+    return folder.resolve().name if folder.is_dir() else model
 
 
 class Runtime:
     def __init__(self, settings: Settings, encoder=None, on_fatal: Callable[[str], None] | None = None):
         self.settings = settings
+        self.model_name = served_name(settings)
         self.encoder = encoder
         self.metrics = Metrics()
         self.cache = EmbeddingCache(settings.cache_bytes)
@@ -36,12 +50,6 @@ class Runtime:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-
-    @property
-    def model_name(self) -> str:
-        if self.settings.served_model_name:
-            return self.settings.served_model_name
-        return "all-MiniLM-L6-v2" if self.settings.model == DEFAULT_MODEL else self.settings.model
 
     @property
     def service(self) -> EmbeddingService:

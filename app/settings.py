@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     # model
     model: str = Field(DEFAULT_MODEL, description="Local folder, Hugging Face hub id, or `packaged:all-MiniLM-L6-v2`.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `model` is a hub id.")
-    served_model_name: str | None = Field(None, description="Name clients send as `model`; defaults to `model`.")
+    served_model_name: str | None = Field(
+        None, description="Name clients send as `model`; defaults to the hub id, or a local folder's basename."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks CUDA when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="`auto`: bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32."
@@ -77,7 +79,3 @@ class Settings(BaseSettings):
         if self.metrics_port is not None and self.metrics_port == self.port and self.port != 0:
             raise ValueError("metrics_port must differ from port (or be unset to serve /metrics on the API port)")
         return self
-
-    @property
-    def model_name(self) -> str:
-        return self.served_model_name or self.model
