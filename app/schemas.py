@@ -10,8 +10,6 @@ TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
 Texts = Annotated[list[StrictStr], Field(min_length=1)]
 EmbeddingInput = StrictStr | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
 
-INPUT_TYPE_ALIASES = {"query": "search_query", "document": "search_document", "passage": "search_document"}
-
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -14,8 +14,9 @@ from app.batcher import Batcher, DeadlineExceeded, Draining, Overloaded, WorkerD
 from app.cache import EmbeddingCache
 from app.errors import APIError
 from app.metrics import Metrics
-from app.schemas import INPUT_TYPE_ALIASES, EmbeddingRequest
+from app.schemas import EmbeddingRequest
 from app.settings import Settings
+from model import inputs
 
 INTERACTIVE_MAX_INPUTS = 8  # requests this small (and short) jump ahead of bulk work
 INTERACTIVE_MAX_TOKENS = 1024
@@ -43,24 +44,13 @@ class EmbeddingService:
         self.encoder, self.batcher, self.settings, self.metrics, self.cache = encoder, batcher, settings, metrics, cache
         self.info = encoder.info
 
-    # ---- request rules ----------------------------------------------------------------------------------------
+    # ---- request rules (model/inputs.py holds them, shared with the offline jobs) ------------------------------
     def prefix_for(self, input_type: str | None) -> tuple[str, str]:
         """(task name, prefix) for a request's input_type, or the server default."""
-        name = input_type or self.settings.default_input_type
-        if name is None:
-            return "", ""
-        prompts = self.info.prompts
-        if name not in prompts:  # the model's own names win; otherwise the common aliases
-            name = INPUT_TYPE_ALIASES.get(name, name)
-        if name not in prompts:
-            known = ", ".join(sorted(prompts)) or "none"
-            raise APIError(
-                400,
-                f"Unknown input_type '{name}' for this model (known: {known})",
-                param="input_type",
-                code="invalid_input_type",
-            )
-        return name, prompts[name]
+        try:
+            return inputs.task_prefix(self.info.prompts, input_type or self.settings.default_input_type)
+        except inputs.Rejected as exc:
+            raise rejected(exc) from None
 
     def check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is not None and not 1 <= dimensions <= self.info.hidden_size:
@@ -73,21 +63,11 @@ class EmbeddingService:
 
     @staticmethod
     def check_texts(texts: Sequence[str]) -> None:
-        """Empty strings, NUL bytes and lone surrogates (valid JSON escapes, but not text) are refused."""
         for i, text in enumerate(texts):
-            if not text:
-                raise APIError(400, f"Input {i} is an empty string", param="input", code="empty_input")
-            if "\x00" in text:
-                raise APIError(400, f"Input {i} contains a NUL character", param="input", code="invalid_text")
             try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise APIError(
-                    400,
-                    f"Input {i} contains a lone surrogate (not valid Unicode text)",
-                    param="input",
-                    code="invalid_text",
-                ) from None
+                inputs.check_text(text)
+            except inputs.Rejected as exc:
+                raise rejected(exc, i) from None
 
     @staticmethod
     def split_input(raw) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -108,22 +88,11 @@ class EmbeddingService:
         return await asyncio.to_thread(self.encoder.tokenize, texts, prefix)
 
     def fit(self, ids: list[int], index: int, mode: str, from_text: bool) -> list[list[int]]:
-        """Apply the long-input rule. Tokenised text keeps its [CLS]/[SEP] in every piece; token ids given by the
-        client are cut exactly as given."""
-        limit = self.info.max_input_tokens
-        if len(ids) <= limit:
-            return [ids]
-        if mode == "truncate":
-            return [self.encoder.truncate(ids) if from_text else ids[:limit]]
-        if mode == "chunk":
-            return self.encoder.windows(ids) if from_text else [ids[i : i + limit] for i in range(0, len(ids), limit)]
-        raise APIError(
-            400,
-            f"Input {index} has {len(ids)} tokens, over this model's maximum of {limit}. Shorten it, or set "
-            "long_input to 'truncate' or 'chunk'.",
-            param="input",
-            code="context_length_exceeded",
-        )
+        """Apply the long-input rule (model/inputs.py)."""
+        try:
+            return inputs.fit(self.encoder, ids, mode, from_text)
+        except inputs.Rejected as exc:
+            raise rejected(exc, index, "Shorten it, or set long_input to 'truncate' or 'chunk'.") from None
 
     async def prepare(self, req: EmbeddingRequest) -> list[Prepared]:
         texts, id_lists = self.split_input(req.input)
@@ -145,16 +114,10 @@ class EmbeddingService:
         else:
             assert id_lists is not None
             for i, ids in enumerate(id_lists):
-                if not ids:
-                    raise APIError(400, f"Input {i} is an empty token list", param="input", code="empty_input")
-                bad = next((t for t in ids if not 0 <= t < self.info.vocab_size), None)
-                if bad is not None:
-                    raise APIError(
-                        400,
-                        f"Input {i} has token id {bad}, outside the vocabulary [0, {self.info.vocab_size})",
-                        param="input",
-                        code="invalid_token_id",
-                    )
+                try:
+                    inputs.check_ids(ids, self.info.vocab_size)
+                except inputs.Rejected as exc:
+                    raise rejected(exc, i) from None
             keys = [(self.info.name, "", tuple(ids), req.dimensions, mode) for ids in id_lists]
 
         prepared = [Prepared([], 0, key) for key in keys]
@@ -202,11 +165,8 @@ class EmbeddingService:
             for p in prepared:
                 if p.vector is not None:
                     continue
-                rows = pooled[at : at + len(p.windows)]
+                mean = inputs.mean_of_windows(pooled[at : at + len(p.windows)], [len(w) for w in p.windows])
                 at += len(p.windows)
-                # chunked: the token-weighted mean of the windows' means is the mean over all their tokens
-                weights = np.array([len(w) for w in p.windows], dtype=np.float32)[:, None]
-                mean = (np.stack(rows) * weights).sum(0) / weights.sum() if len(rows) > 1 else rows[0]
                 p.vector = self.encoder.finish(mean[None, :], req.dimensions)[0]
                 if self.cache.enabled:
                     self.cache.put(p.cache_key, p.vector, p.tokens)
@@ -242,6 +202,12 @@ class EmbeddingService:
             ) from None
         except WorkerDied:
             raise APIError(503, "The encoder worker is not running", code="worker_died") from None
+
+
+def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "") -> APIError:
+    """An input rule's refusal as a 400 naming the input."""
+    message = exc.reason if index is None else f"Input {index} {exc.reason}"
+    return APIError(400, f"{message}. {hint}" if hint else message, param=exc.param, code=exc.code)
 
 
 def encode_vectors(vectors: list[np.ndarray], encoding_format: str) -> list:

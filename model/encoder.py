@@ -242,6 +242,11 @@ class Encoder:
         self, batch: Sequence[Sequence[int]], dimensions: int | None = None, max_batch_tokens: int = 16384
     ) -> np.ndarray:
         """Embed any number of inputs, in length-sorted sub-batches of at most `max_batch_tokens` padded tokens."""
+        return self.finish(self.pool_sorted(batch, max_batch_tokens), dimensions)
+
+    def pool_sorted(self, batch: Sequence[Sequence[int]], max_batch_tokens: int = 16384) -> np.ndarray:
+        """(N, E) float32 pooled vectors (not normalised) of any number of inputs, computed in length-sorted
+        sub-batches of at most `max_batch_tokens` (`batch_cost`)."""
         order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
         out = np.empty((len(batch), self.info.hidden_size), dtype=np.float32)
         chunk: list[int] = []  # indices of the sub-batch being filled (ascending length, so its cost only grows)
@@ -252,7 +257,7 @@ class Encoder:
                 chunk = []
             if i is not None:
                 chunk.append(i)
-        return self.finish(out, dimensions)
+        return out
 
     def warmup(self) -> None:
         """Run a few shapes once so the first request does not pay for allocator growth or compilation."""
