@@ -38,6 +38,11 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+def draining(**headers: str) -> APIError:
+    """The answer to work that comes (or is still unanswered) while the server shuts down: retry on another replica."""
+    return APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1", **headers})
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {
         "error": {"message": message, "type": TYPES.get(status, "invalid_request_error"), "param": param, "code": code}

@@ -62,6 +62,9 @@ def create_app(settings: Settings, encoder=None, on_fatal: Callable[[str], None]
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
     app.add_middleware(
-        RequestMiddleware, runtime=runtime, max_body_bytes=settings.max_body_bytes, log_json=settings.log_json
+        RequestMiddleware,
+        runtime=runtime,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
     )
     return app

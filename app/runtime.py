@@ -4,6 +4,7 @@ drain. Handlers reach it through `get_runtime`, never through globals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -15,10 +16,13 @@ from fastapi import Request
 from app.batcher import Batcher, BatchStats
 from app.cache import EmbeddingCache
 from app.metrics import Metrics
+from app.middleware import Uploads
 from app.service import EmbeddingService
 from app.settings import Settings
 
 log = logging.getLogger("app")
+HURRY_S = 1.0  # a second signal: what is not answered within this gets its 503
+ANSWER_WRITE_S = 1.0  # for the 503s of a drain's deadline to go out
 
 
 def served_name(settings: Settings) -> str:
@@ -50,6 +54,9 @@ class Runtime:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.uploads = Uploads(settings.upload_buffer_bytes)
+        self.drain_deadline = float("inf")
+        self._hurried = asyncio.Event()
 
     @property
     def service(self) -> EmbeddingService:
@@ -148,19 +155,31 @@ class Runtime:
             stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s, stats.compute_s
         )
 
-    async def drain(self) -> None:
-        """Stop taking work, answer everything admitted (within the grace period), stop the worker."""
-        self.draining = True
-        self.ready = False
-        grace = self.settings.shutdown_grace_s
-        deadline = asyncio.get_running_loop().time() + grace
+    async def drain(self, deadline: float | None = None) -> None:
+        """Stop taking work (/ready and new requests get 503), cut the bodies still arriving (503), and answer what
+        was admitted by `deadline` (loop time; default `shutdown_grace_s` from now; `hurry` brings it closer). What
+        is still queued or computing then gets a 503, so every admitted request has its answer."""
+        loop = asyncio.get_running_loop()
+        self.draining, self.ready = True, False
+        self.drain_deadline = loop.time() + self.settings.shutdown_grace_s if deadline is None else deadline
+        self.uploads.cut_all()
+        while not self.idle.is_set() and (left := self.drain_deadline - loop.time()) > 0:
+            self._hurried.clear()
+            waits = {asyncio.ensure_future(self.idle.wait()), asyncio.ensure_future(self._hurried.wait())}
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+        if not self.idle.is_set():
+            log.warning("shutdown deadline: answering the %d requests still in flight with 503", self.in_flight)
         if self.batcher is not None:
-            await self.batcher.drain(grace)
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        try:  # responses still being written after their items were computed
-            await asyncio.wait_for(self.idle.wait(), remaining)
-        except TimeoutError:
-            log.warning("shutdown grace period over with %d requests unanswered", self.in_flight)
+            await self.batcher.drain(0)  # fails what is left with Draining (503); the workers stop
+        with contextlib.suppress(TimeoutError):  # those 503s being written
+            await asyncio.wait_for(self.idle.wait(), ANSWER_WRITE_S)
+
+    def hurry(self) -> None:
+        """A second SIGTERM or SIGINT: the drain ends within HURRY_S, still answering every admitted request."""
+        self.drain_deadline = min(self.drain_deadline, asyncio.get_running_loop().time() + HURRY_S)
+        self._hurried.set()
 
 
 async def get_runtime(request: Request) -> Runtime:

@@ -43,7 +43,22 @@ class Settings(BaseSettings):
         "load balancer in front (60 s on most), so the balancer, never the server, closes an idle connection first."
     )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413.")
-    log_json: bool = Field(False, description="Access logs as JSON lines.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's head (request line and headers) must arrive within this many seconds of "
+        "its first byte, else the connection is closed."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this many seconds of its head, else a 408."
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="Most open connections (also kept below the open-file limit); past it, each new "
+        "connection closes the oldest idle or half-sent one, or gets a 503 when all have a request in progress."
+    )
+    upload_buffer_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Most bytes held at once by request bodies still arriving, over all "
+        "connections; a body that would go past it gets a 429."
+    )
+    log_json: bool = Field(False, description="Every log line (access, errors, uvicorn's) as a JSON object.")
     log_inputs: bool = Field(False, description="Debug only: include input text in logs.")
 
     # request limits (OpenAI's defaults)
@@ -69,7 +84,11 @@ class Settings(BaseSettings):
     )
     max_queue_tokens: int = Field(2_000_000, ge=1, description="Queued tokens past which requests get 429.")
     request_timeout_s: float = Field(60.0, gt=0, description="Work still queued after this is dropped with a 503.")
-    shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long admitted requests may take.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=3, description="On SIGTERM or SIGINT, the whole shutdown's budget: the process exits 0 within it, "
+        "every admitted request answered (a 503 for what is not done 3 s before its end). Keep it below your "
+        "orchestrator's grace period."
+    )
 
     # cache
     cache_bytes: int = Field(0, ge=0, description="Embedding LRU cache size in bytes; 0 turns it off.")
@@ -78,4 +97,6 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.metrics_port is not None and self.metrics_port == self.port and self.port != 0:
             raise ValueError("metrics_port must differ from port (or be unset to serve /metrics on the API port)")
+        if self.upload_buffer_bytes < self.max_body_bytes:
+            raise ValueError("upload_buffer_bytes must be at least max_body_bytes, or no body of the largest size fits")
         return self
