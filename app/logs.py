@@ -32,15 +32,15 @@ def escape(text: str) -> str:
 
 
 def logfmt(fields: dict[str, Any]) -> str:
-    """`key=value ...`, a value quoted (JSON string rules) when it holds a space, a quote or `=`, so a client's
-    `/a status=200` path cannot pass for a field of its own."""
+    """`key=value ...`, a value quoted (backslash and quote escaped) when it holds a space, a quote, a backslash or
+    `=`, so a client's `/a status=200` path cannot pass for a field of its own. Controls are escaped by `escape`."""
     parts = []
     for key, value in fields.items():
         if value is None:
             continue
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if not text or any(c in text for c in ' "=\\'):
-            text = json.dumps(text, ensure_ascii=False)
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
 

@@ -125,11 +125,14 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                rt.unanswered.discard(task)
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         length = headers.get(b"content-length")
+        task = asyncio.current_task()
+        rt.unanswered.add(task)
         rt.request_started()
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
@@ -139,10 +142,11 @@ class RequestMiddleware:
                 await self.app(scope, body, send_wrapper)
         except ClientDisconnect:
             pass  # gone while its body was read: a 499 and its access line, not a fault
-        except asyncio.CancelledError:  # uvicorn's shutdown cancels what its grace left: still an answer, in our shape
+        except asyncio.CancelledError:
+            # only a shutdown cancels a request (the drain at its deadline, uvicorn at the end of its grace): the
+            # request still gets an answer in our shape, and uvicorn (the task's owner) sees it finished, not broken
             if status is None and not body.disconnected:
                 await self._reject(send_wrapper, 503, "The server is shutting down", "draining")
-            raise
         except Exception as exc:  # a real server fault: OpenAI-shaped 500, logged with the request id
             error_log.exception("request %s failed: %s", request_id, exc)
             if status is not None:  # too late for an error response
@@ -150,6 +154,7 @@ class RequestMiddleware:
             await self._reject(send_wrapper, 500, f"Internal server error (request id {request_id})", "internal_error")
         finally:
             body.release()
+            rt.unanswered.discard(task)
             rt.request_finished()
             if status is None:  # no answer went out: the client left first (or the fault left nothing to send)
                 status = CLIENT_CLOSED if body.disconnected else 500

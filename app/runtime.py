@@ -55,6 +55,7 @@ class Runtime:
         self.idle = asyncio.Event()
         self.idle.set()
         self.uploads = Uploads(settings.upload_buffer_bytes)
+        self.unanswered: set[asyncio.Task] = set()  # requests in flight that have no response started yet
         self.drain_deadline = float("inf")
         self._hurried = asyncio.Event()
 
@@ -169,10 +170,12 @@ class Runtime:
             await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
                 waiting.cancel()
-        if not self.idle.is_set():
-            log.warning("shutdown deadline: answering the %d requests still in flight with 503", self.in_flight)
+        if self.unanswered:
+            log.warning("shutdown deadline: answering the %d requests still unanswered with 503", len(self.unanswered))
+            for task in self.unanswered:
+                task.cancel()  # the middleware answers each a 503
         if self.batcher is not None:
-            await self.batcher.drain(0)  # fails what is left with Draining (503); the workers stop
+            await self.batcher.drain(0)  # nothing is left for it; its workers stop
         with contextlib.suppress(TimeoutError):  # those 503s being written
             await asyncio.wait_for(self.idle.wait(), ANSWER_WRITE_S)
 

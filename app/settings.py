@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     max_queue_tokens: int = Field(2_000_000, ge=1, description="Queued tokens past which requests get 429.")
     request_timeout_s: float = Field(60.0, gt=0, description="Work still queued after this is dropped with a 503.")
     shutdown_grace_s: float = Field(
-        30.0, ge=3, description="On SIGTERM or SIGINT, the whole shutdown's budget: the process exits 0 within it, "
+        30.0, ge=5, description="On SIGTERM or SIGINT, the whole shutdown's budget: the process exits 0 within it, "
         "every admitted request answered (a 503 for what is not done 3 s before its end). Keep it below your "
         "orchestrator's grace period."
     )
