@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif name == "cors_origins":
             parser.add_argument(flag, nargs="*", default=None, help=help_text)
+        elif name == "model":  # repeatable: one model per flag
+            parser.add_argument(flag, action="append", default=None, metavar="[NAME=]SOURCE", help=help_text)
         else:
             parser.add_argument(flag, default=None, help=help_text)
     return parser

@@ -1,15 +1,16 @@
-"""The app factory: `create_app(settings, encoder=None)`. The lifespan loads (or takes) the encoder in the
-background, warms it and starts the batcher; /ready turns 200 only then. Shutdown drains."""
+"""The app factory: `create_app(settings, encoder=None)`. The lifespan loads (or takes) every model's encoder in the
+background, warms them and starts their batchers; /ready turns 200 only then. Shutdown drains."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from app import errors
 from app.middleware import RequestMiddleware
@@ -20,8 +21,14 @@ from app.settings import Settings
 log = logging.getLogger("app")
 
 
-def create_app(settings: Settings, encoder=None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
-    runtime = Runtime(settings, encoder, on_fatal)
+def create_app(
+    settings: Settings,
+    encoder=None,
+    on_fatal: Callable[[str], None] | None = None,
+    encoders: Mapping[str, object] | None = None,
+) -> FastAPI:
+    """`encoder` is the first model's encoder, `encoders` any model's by served name; the others are loaded."""
+    runtime = Runtime(settings, encoder, on_fatal, encoders)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -41,11 +48,15 @@ def create_app(settings: Settings, encoder=None, on_fatal: Callable[[str], None]
             if metrics_server is not None:
                 metrics_server.shutdown()
 
-    app = FastAPI(
+    # /docs (Swagger UI) loads its scripts from the installed package, not a CDN: it works offline. ReDoc is off: its
+    # sidebar logo is always fetched from redocly's CDN. Swagger UI's online validator badge is off for the same reason.
+    app = FastAPIOffline(
         title="nomic-embed-server",
         version="0.1.0",
         summary="OpenAI-compatible embeddings for NomicBert and the BERT family",
         lifespan=lifespan,
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
         redirect_slashes=False,  # a redirect would build its Location from the client's Host header
     )
     app.state.runtime = runtime

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 
 from app.errors import APIError, draining, error_body
 from app.logs import FIELDS, logfmt
+from app.metrics import NO_MODEL
 
 access_log = logging.getLogger("app.access")
 error_log = logging.getLogger("app")
@@ -155,14 +156,15 @@ class RequestMiddleware:
         finally:
             body.release()
             rt.unanswered.discard(task)
-            rt.request_finished()
+            model = state.get("model", NO_MODEL)  # set by the route once it knows the model (Runtime.bind)
+            rt.request_finished(model)
             if status is None:  # no answer went out: the client left first (or the fault left nothing to send)
                 status = CLIENT_CLOSED if body.disconnected else 500
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             label = getattr(route, "path", "other")
-            rt.metrics.requests.labels(label, str(status)).inc()
-            rt.metrics.request_duration.labels(label).observe(elapsed)
+            rt.metrics.requests.labels(model, label, str(status)).inc()
+            rt.metrics.request_duration.labels(model, label).observe(elapsed)
             self._log(scope, request_id, status, elapsed, state)
 
     @staticmethod

@@ -57,15 +57,21 @@ class EmbeddingResponse(BaseModel):
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
+    kind: str = Field(description="`embedding` (an embedding model) or `reranker` (a cross-encoder)")
     created: int
     owned_by: str = "nomic-embed-server"
     max_input_tokens: int
-    max_input_tokens_source: str
+    max_input_tokens_source: str = Field(description="Which rule set max_input_tokens (README: the input limit)")
     dimensions: int
     model_type: str
+    architecture: str = Field(description="The architecture, as transformers names it (e.g. `ModernBertModel`)")
+    experts: dict[str, int] | None = Field(description="Mixture-of-experts layout; null for a dense model")
     device: str
     dtype: str
-    pooling: str
+    pooling: str = Field(description="sentence-transformers pooling modes joined by `+` (a reranker: its head's)")
+    matryoshka: bool = Field(description="Trained for truncated `dimensions` (Matryoshka)")
+    matryoshka_dimensions: list[int] | None = Field(description="The widths it was trained at, when the model says")
+    score_activation: str | None = Field(description="A reranker's score function (`raw_scores` skips it)")
     task_types: dict[str, str] = Field(description="input_type -> the prefix it prepends")
 
 

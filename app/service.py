@@ -40,9 +40,12 @@ class EmbeddingResult:
 
 
 class EmbeddingService:
-    def __init__(self, encoder, batcher: Batcher, settings: Settings, metrics: Metrics, cache: EmbeddingCache):
+    def __init__(
+        self, encoder, batcher: Batcher, settings: Settings, metrics: Metrics, cache: EmbeddingCache, name: str
+    ):
         self.encoder, self.batcher, self.settings, self.metrics, self.cache = encoder, batcher, settings, metrics, cache
         self.info = encoder.info
+        self.name = name  # the served name: the cache keys and the metrics' `model` label
 
     # ---- request rules (model/inputs.py holds them, shared with the offline jobs) ------------------------------
     def prefix_for(self, input_type: str | None) -> tuple[str, str]:
@@ -60,6 +63,17 @@ class EmbeddingService:
                 param="dimensions",
                 code="invalid_value",
             )
+        if dimensions is not None and dimensions < self.info.hidden_size and self.settings.strict_dimensions:
+            trained = self.info.matryoshka_dimensions
+            if not self.info.matryoshka or (trained and dimensions not in trained):
+                why = f"only to {list(trained)}" if self.info.matryoshka else "for no smaller width (Matryoshka)"
+                raise APIError(
+                    400,
+                    f"This model was trained {why}: dimensions={dimensions} would give poor embeddings "
+                    "(--strict-dimensions)",
+                    param="dimensions",
+                    code="invalid_value",
+                )
 
     @staticmethod
     def check_texts(texts: Sequence[str]) -> None:
@@ -110,7 +124,7 @@ class EmbeddingService:
         keys: list[tuple] = []
         if texts is not None:
             self.check_texts(texts)
-            keys = [(self.info.name, task, text, req.dimensions, mode) for text in texts]
+            keys = [(self.name, task, text, req.dimensions, mode) for text in texts]
         else:
             assert id_lists is not None
             for i, ids in enumerate(id_lists):
@@ -118,7 +132,7 @@ class EmbeddingService:
                     inputs.check_ids(ids, self.info.vocab_size)
                 except inputs.Rejected as exc:
                     raise rejected(exc, i) from None
-            keys = [(self.info.name, "", tuple(ids), req.dimensions, mode) for ids in id_lists]
+            keys = [(self.name, "", tuple(ids), req.dimensions, mode) for ids in id_lists]
 
         prepared = [Prepared([], 0, key) for key in keys]
         if self.cache.enabled:
@@ -127,8 +141,8 @@ class EmbeddingService:
                 if hit is not None:
                     p.vector, p.tokens = hit
             hits = sum(p.vector is not None for p in prepared)
-            self.metrics.cache_hits.inc(hits)
-            self.metrics.cache_misses.inc(len(prepared) - hits)
+            self.metrics.cache_hits.labels(self.name).inc(hits)
+            self.metrics.cache_misses.labels(self.name).inc(len(prepared) - hits)
         todo = [i for i, p in enumerate(prepared) if p.vector is None]
         if texts is not None and todo:
             ids_todo = await self.tokenize([texts[i] for i in todo], prefix)
@@ -171,17 +185,17 @@ class EmbeddingService:
                 if self.cache.enabled:
                     self.cache.put(p.cache_key, p.vector, p.tokens)
             if self.cache.enabled:
-                self.metrics.cache_bytes.set(self.cache.bytes)
+                self.metrics.cache_bytes.labels(self.name).set(self.cache.bytes)
         tokens = sum(p.tokens for p in prepared)
-        self.metrics.tokens.inc(tokens)
-        self.metrics.embeddings.inc(len(prepared))
+        self.metrics.tokens.labels(self.name).inc(tokens)
+        self.metrics.embeddings.labels(self.name).inc(len(prepared))
         return EmbeddingResult([p.vector for p in prepared if p.vector is not None], tokens)
 
     async def submit(self, items: Sequence[Sequence[int]], priority: int, deadline: float) -> list[np.ndarray]:
         try:
             return await self.batcher.submit(items, priority=priority, deadline=deadline)
         except Overloaded as exc:
-            self.metrics.rejected.labels("overloaded").inc()
+            self.metrics.rejected.labels(self.name, "overloaded").inc()
             retry = str(max(1, round(exc.retry_after)))
             raise APIError(
                 429,
@@ -190,10 +204,10 @@ class EmbeddingService:
                 headers={"Retry-After": retry},
             ) from None
         except Draining:
-            self.metrics.rejected.labels("draining").inc()
+            self.metrics.rejected.labels(self.name, "draining").inc()
             raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"}) from None
         except DeadlineExceeded:
-            self.metrics.rejected.labels("timeout").inc()
+            self.metrics.rejected.labels(self.name, "timeout").inc()
             raise APIError(
                 503,
                 f"The request waited over {self.settings.request_timeout_s:g} s in the queue and was dropped",

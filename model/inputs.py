@@ -4,7 +4,7 @@
     task_prefix                 an input_type (or alias) -> the model's task prefix
     fit                         the long-input rule: error | truncate | chunk -> the input's windows
     mean_of_windows             a chunked input's windows -> one pooled vector (token-weighted mean)
-    prepare_inputs / embed_inputs   the rules above over a list of inputs, for the offline jobs
+    read_record / prepare_inputs / embed_inputs   the offline jobs' JSONL lines, and the rules over many inputs
 
 Pure functions over an `Encoder` (tokenizer, limits, device work); no HTTP. A refusal is a `Rejected` carrying the API
 error code and a reason that completes "Input 3 ...", so every surface words an error the same way.
@@ -12,6 +12,7 @@ error code and a reason that completes "Input 3 ...", so every surface words an 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -88,15 +89,45 @@ def mean_of_windows(pooled: Sequence[np.ndarray], lengths: Sequence[int]) -> np.
     return (np.stack(pooled) * weights).sum(0) / weights.sum()
 
 
-# ---- over many inputs: the offline jobs ---------------------------------------------------------------------------
+# ---- over many inputs: the offline jobs (`python -m model embed`, with or without Ray) ----------------------------
+RECORD_SHAPE = 'expected {"text": "..."} or {"input_ids": [...]}'
+
+
+def read_record(raw: bytes | str) -> tuple[str | list[int] | None, object, str | None]:
+    """One JSONL line -> (the input: a text or token ids, its "id" or None, why the line is unusable or None)."""
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, None, f"not JSON ({getattr(exc, 'msg', exc)})"
+    if not isinstance(record, dict):
+        return None, None, RECORD_SHAPE
+    key = record.get("id")
+    if "text" in record:
+        text = record["text"]
+        if not isinstance(text, str):
+            return None, key, "text is not a string"
+        try:
+            check_text(text)
+        except Rejected as exc:
+            return None, key, f"text {exc.reason}"
+        return text, key, None
+    ids = record.get("input_ids")
+    if not isinstance(ids, list):
+        return None, key, RECORD_SHAPE
+    # int64 bounds: the Ray job carries ids in Arrow int64 columns
+    if not all(isinstance(t, int) and not isinstance(t, bool) and -(2**63) <= t < 2**63 for t in ids):
+        return None, key, "input_ids must be a list of integers"
+    return ids, key, None
+
+
 def prepare_inputs(
-    encoder, inputs: Sequence[str | Sequence[int]], prefix: str, mode: str
-) -> list[list[list[int]] | Rejected]:
-    """Each input (a text, or token ids used exactly as given) -> its windows, or why it is refused. The accepted
-    texts are tokenized in one batch."""
-    out: list[list[list[int]] | Rejected] = []
+    encoder, items: Sequence[str | Sequence[int]], prefix: str, mode: str
+) -> list[list[list[int]] | str]:
+    """Each input (a text, or token ids used exactly as given) -> its windows, or the reason it is refused, worded
+    for the offline jobs' errors file. The accepted texts are tokenized in one batch."""
+    out: list[list[list[int]] | str] = []
     texts: list[tuple[int, str]] = []
-    for i, item in enumerate(inputs):
+    for i, item in enumerate(items):
         try:
             if isinstance(item, str):
                 check_text(item)
@@ -107,14 +138,19 @@ def prepare_inputs(
                 check_ids(ids, encoder.info.vocab_size)
                 out.append(fit(encoder, ids, mode, from_text=False))
         except Rejected as exc:
-            out.append(exc)
+            out.append(_job_reason(item, exc))
     if texts:
-        for (i, _), ids in zip(texts, encoder.tokenize([t for _, t in texts], prefix)):
+        for (i, text), ids in zip(texts, encoder.tokenize([t for _, t in texts], prefix)):
             try:
                 out[i] = fit(encoder, ids, mode, from_text=True)
             except Rejected as exc:
-                out[i] = exc
+                out[i] = _job_reason(text, exc)
     return out
+
+
+def _job_reason(item: str | Sequence[int], exc: Rejected) -> str:
+    hint = " (use --long-input truncate or chunk)" if exc.code == "context_length_exceeded" else ""
+    return f"{'text' if isinstance(item, str) else 'input_ids'} {exc.reason}{hint}"
 
 
 def embed_inputs(
@@ -128,5 +164,4 @@ def embed_inputs(
     for ws in windows:
         rows.append(mean_of_windows(pooled[at : at + len(ws)], [len(w) for w in ws]))
         at += len(ws)
-    merged = np.stack(rows) if rows else pooled
-    return encoder.finish(merged, dimensions)
+    return encoder.finish(np.stack(rows) if rows else pooled, dimensions)

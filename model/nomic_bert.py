@@ -1,12 +1,12 @@
 """NomicBert (nomic-embed-text v1 / v1.5), inference only, on packed token batches.
 
 The architecture's quirks, all from ../shared/NOMIC_BERT_SPEC.md (section numbers there):
-- No position table: rotary on q and k (§4.1), GPT-NeoX style halves unless `rotary_emb_interleaved`, over the first
-  `head_dim * rotary_emb_fraction` channels. Positions restart at 0 for every sequence.
-- Dynamic NTK (§4.3) when `rotary_scaling_factor` is set and a sequence is longer than `max_trained_positions`:
-  base' = base * (factor * L / max_trained - (factor - 1)) ** (rot / (rot - 2)), with L = **that sequence's own
-  length**. The reference uses the padded batch length and caches across calls (§4.4); we do not, so an embedding never
-  depends on its batchmates or on earlier calls.
+- No position table: rotary on q and k (§4.1, `model/rotary.py`), GPT-NeoX style halves unless
+  `rotary_emb_interleaved`, over the first `head_dim * rotary_emb_fraction` channels. Positions restart at 0 for every
+  sequence.
+- Dynamic NTK (§4.3) when `rotary_scaling_factor` is set and a sequence is longer than `max_trained_positions`, from
+  **that sequence's own length**. The reference uses the padded batch length and caches across calls (§4.4); we do
+  not, so an embedding never depends on its batchmates or on earlier calls.
 - Post-norm blocks by default: x = norm1(x + attn(x)); x = norm2(x + mlp(x)). `prenorm` is supported too.
 - SwiGLU MLP: fc2(fc11(x) * silu(fc12(x))) -- fc12 is the gate (§5). fc11|fc12 are fused into one GEMM at load
   (`mlp.fc1` = cat[fc11, fc12]).
@@ -26,6 +26,7 @@ from model.activations import GATED as GATED_ACTIVATIONS
 from model.activations import PLAIN as PLAIN_ACTIVATIONS
 from model.errors import ConfigError
 from model.packing import PackedBatch, packed_attention
+from model.rotary import Rotary
 
 
 @dataclass
@@ -84,63 +85,17 @@ class NomicBertConfig:
         return self.n_embd // self.n_head
 
     @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @property
+    def position_limit(self) -> int | None:
+        """A learned position table is a hard input limit; rotary has none."""
+        return self.n_positions if self.rotary_emb_fraction <= 0 else None
+
+    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rotary_emb_fraction)
-
-
-class Rotary(nn.Module):
-    """Rotary position embedding with per-sequence dynamic NTK. Tables for the unscaled base are cached."""
-
-    def __init__(self, config: NomicBertConfig):
-        super().__init__()
-        self.dim = config.rotary_dim
-        self.base = float(config.rotary_emb_base)
-        self.interleaved = config.rotary_emb_interleaved
-        self.factor = config.rotary_scaling_factor
-        self.max_trained = config.max_trained_positions
-        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # fp32 (n, dim/2) cos, sin at the plain base
-
-    def inv_freq(self, base: float, device: torch.device) -> torch.Tensor:
-        return 1.0 / (base ** (torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim))
-
-    def scaled_base(self, length: int) -> float:
-        """The base a sequence of `length` tokens uses (spec §4.3, strict '>')."""
-        if not self.factor or length <= self.max_trained:
-            return self.base
-        f = self.factor
-        return self.base * ((f * length / self.max_trained) - (f - 1)) ** (self.dim / (self.dim - 2))
-
-    def _plain_table(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._table is None or self._table[0].shape[0] < n or self._table[0].device != device:
-            size = max(n, 2 * (self._table[0].shape[0] if self._table is not None else 0), 512)
-            freqs = torch.outer(
-                torch.arange(size, device=device, dtype=torch.float32), self.inv_freq(self.base, device)
-            )
-            self._table = (freqs.cos(), freqs.sin())  # (size, dim/2)
-        return self._table
-
-    def cos_sin(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token cos and sin, (T, dim/2) fp32, each at its own position and its own sequence's base."""
-        bases = [self.scaled_base(n) for n in batch.length_list]
-        device = batch.positions.device
-        if all(b == self.base for b in bases):
-            cos, sin = self._plain_table(batch.max_len, device)
-            return cos[batch.positions], sin[batch.positions]
-        inv = torch.stack([self.inv_freq(b, device) for b in bases])  # (B, dim/2)
-        freqs = batch.positions.to(torch.float32)[:, None] * inv[batch.seq_index]  # (T, dim/2)
-        return freqs.cos(), freqs.sin()
-
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: (T, H, D); rotates the first `dim` channels of every head."""
-        rot, rest = x[..., : self.dim], x[..., self.dim :]
-        cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # (T, 1, dim/2)
-        if self.interleaved:  # GPT-J pairs (2i, 2i+1)
-            x1, x2 = rot[..., 0::2], rot[..., 1::2]
-            rot = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-        else:  # GPT-NeoX halves (i, i + dim/2)
-            x1, x2 = rot.chunk(2, dim=-1)
-            rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
 
 class Attention(nn.Module):
@@ -237,12 +192,17 @@ class NomicBert(nn.Module):
         self.embeddings = Embeddings(config)
         self.emb_ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.encoder = Encoder(config)
-        self.rotary = Rotary(config) if config.rotary_emb_fraction > 0 else None
-
-    @property
-    def max_positions(self) -> int | None:
-        """Hard limit of the architecture (a learned position table), or None when rotary has none."""
-        return self.config.n_positions if self.rotary is None else None
+        self.rotary = (
+            Rotary(
+                config.rotary_dim,
+                config.rotary_emb_base,
+                interleaved=config.rotary_emb_interleaved,
+                ntk_factor=config.rotary_scaling_factor,
+                max_trained=config.max_trained_positions,
+            )
+            if config.rotary_emb_fraction > 0
+            else None
+        )
 
     def flops_per_token(self, seq_len: int) -> float:
         """Matmul FLOPs per token at a given sequence length (for utilisation figures)."""
@@ -255,7 +215,7 @@ class NomicBert(nn.Module):
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """Packed batch -> last hidden state, (T, E)."""
         x = self.emb_ln(self.embeddings(batch))
-        cos_sin = self.rotary.cos_sin(batch) if self.rotary is not None else None
+        cos_sin = self.rotary.cos_sin(batch, x.dtype) if self.rotary is not None else None  # once per forward
         for layer in self.encoder.layers:
             x = layer(x, batch, self.rotary, cos_sin)
         return x

@@ -1,14 +1,32 @@
 """The folder's `tokenizer.json` through `tokenizers`, with padding and truncation switched off: lengths are exact,
-and truncation happens only when the caller asks (keeping the trailing special tokens, e.g. [SEP])."""
+and truncation happens only when the caller asks (keeping the trailing special tokens, e.g. [SEP]).
+
+Pairs (cross-encoders) use the tokenizer's own pair template (`[CLS] q [SEP] d [SEP]` with token types 0/1 for BERT,
+`<s> q </s></s> d </s>` for XLM-R) and, when asked, its own `longest_first` truncation: what transformers' fast
+tokenizers, and so sentence-transformers' CrossEncoder, run.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from model.errors import ModelError
+from model.errors import InputError, ModelError
+
+
+@dataclass
+class Pair:
+    """A (query, document) pair as one sequence: the pair template's ids and token types."""
+
+    ids: list[int]
+    token_types: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class Tokenizer:
@@ -19,6 +37,9 @@ class Tokenizer:
             raise ModelError(f"cannot read {path.name}: {str(exc).splitlines()[0]}") from None
         self._tok.no_padding()
         self._tok.no_truncation()
+        self._json = self._tok.to_str()
+        self._truncating: dict[int, HFTokenizer] = {}  # limit -> a copy with longest_first truncation on
+        self._lock = threading.Lock()
         probe = self._tok.encode("a")
         mask = probe.special_tokens_mask
         self.head_specials = next((i for i, m in enumerate(mask) if not m), len(mask))
@@ -51,3 +72,22 @@ class Tokenizer:
         body = list(ids[self.head_specials : len(ids) - self.tail_specials])
         step = max(1, limit - len(head) - len(tail))
         return [head + body[i : i + step] + tail for i in range(0, len(body), step)] or [list(ids)]
+
+    def pairs(self, query: str, documents: Sequence[str], truncate_to: int | None = None) -> list[Pair]:
+        """(query, document) pairs through the pair template; with `truncate_to`, cut longest-first to that many
+        tokens (the longer text of the pair loses a token at a time, from its end)."""
+        tok = self._tok if truncate_to is None else self._truncating_copy(truncate_to)
+        try:
+            encodings = tok.encode_batch([(query, d) for d in documents])
+        except Exception as exc:  # e.g. a limit shorter than the template's special tokens
+            raise InputError(f"cannot tokenize the pairs: {str(exc).splitlines()[0]}") from None
+        return [Pair(e.ids, e.type_ids) for e in encodings]
+
+    def _truncating_copy(self, limit: int) -> HFTokenizer:
+        """A separate tokenizer per limit: truncation is a setting of the Rust object, shared by every thread."""
+        with self._lock:
+            if limit not in self._truncating:
+                tok = HFTokenizer.from_str(self._json)
+                tok.enable_truncation(limit, strategy="longest_first")
+                self._truncating[limit] = tok
+            return self._truncating[limit]

@@ -1,4 +1,4 @@
-"""What the API routes share: the API-key check, strict JSON body parsing, the served-model check, and
+"""What the API routes share: the API-key check, strict JSON body parsing, picking the served model, and
 racing a request's work against its client going away."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from app.errors import APIError
-from app.runtime import Runtime, get_runtime
+from app.runtime import EMBEDDING, Runtime, ServedModel, get_runtime
 
 M = TypeVar("M", bound=BaseModel)
 INPUT_SHAPES = (
@@ -41,14 +41,10 @@ async def require_ready(rt: Runtime = Depends(get_runtime)) -> Runtime:
     return rt
 
 
-def check_model(rt: Runtime, model: str | None) -> None:
-    if model is not None and model != rt.model_name:
-        raise APIError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            param="model",
-            code="model_not_found",
-        )
+def pick_model(rt: Runtime, request: Request, name: str | None, kind: str = EMBEDDING) -> ServedModel:
+    """The model a request names (the default when it names none): 404 if unknown, 400 if not of `kind`. From here
+    on the request's metrics carry that model's label."""
+    return rt.bind(request.scope["state"], rt.model(name)).require(kind)
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

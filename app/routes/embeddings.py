@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.routes.common import check_model, json_body, parse_body, require_api_key, require_ready, unless_disconnected
+from app.routes.common import json_body, parse_body, pick_model, require_api_key, require_ready, unless_disconnected
 from app.runtime import Runtime
 from app.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse
 from app.service import encode_vectors
@@ -24,11 +24,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in 
 )
 async def create_embeddings(request: Request, rt: Runtime = Depends(require_ready)) -> Response:
     req = await parse_body(request, EmbeddingRequest)
-    check_model(rt, req.model)
+    served = pick_model(rt, request, req.model)
     state = request.scope["state"]
     if rt.settings.log_inputs:
         state["input_text"] = req.input
-    result = await unless_disconnected(request, rt.service.embed(req))
+    result = await unless_disconnected(request, served.service.embed(req))
     if result is None:  # client gone: nobody to answer (nginx's 499)
         return Response(status_code=499)
     state["tokens"], state["inputs"] = result.prompt_tokens, len(result.vectors)
@@ -38,7 +38,7 @@ async def create_embeddings(request: Request, rt: Runtime = Depends(require_read
             {"object": "embedding", "index": i, "embedding": e}
             for i, e in enumerate(encode_vectors(result.vectors, req.encoding_format))
         ],
-        "model": rt.model_name,
+        "model": served.name,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

@@ -87,10 +87,12 @@ def post_head(length: int, path: str = "/v1/embeddings") -> bytes:
 
 
 def statuses(base: str) -> dict[str, float]:
-    """/v1/embeddings requests by status, from /metrics."""
+    """/v1/embeddings requests by status (over every `model` label), from /metrics."""
     text = httpx.get(f"{base}/metrics").text
-    found = re.findall(r'embed_requests_total\{route="/v1/embeddings",status="(\d+)"\} (\S+)', text)
-    return {status: float(count) for status, count in found}
+    counts: dict[str, float] = {}
+    for status, count in re.findall(r'embed_requests_total\{[^}]*route="/v1/embeddings",status="(\d+)"\} (\S+)', text):
+        counts[status] = counts.get(status, 0.0) + float(count)
+    return counts
 
 
 def test_a_head_trickled_byte_by_byte_is_closed_while_others_are_served(guarded):
