@@ -138,7 +138,7 @@ def test_a_second_signal_hurries_the_drain_without_breaking_the_protocol():
         start, answers = asyncio.run(scenario())
         rc = server.proc.wait(30)
         took = time.monotonic() - start
-    assert rc == 0 and took < 5.0, (rc, took)  # hurried: 1 s after the second signal, not the 30 s budget
+    assert rc == 0 and took < 10.0, (rc, took)  # hurried: 1 s after the second signal (+ a loaded box), not 30 s
     assert all(is_json_answer(r) for r in answers), [(r.status_code, r.text[:80]) for r in answers]
     assert "Traceback" not in server.output()
 
