@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks CUDA when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="`auto`: bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32."
+        "auto",
+        description="`auto`: bf16 on GPUs of compute capability >= 8.0 (fp16 on older ones) and on CPUs with native"
+        " bf16 (AMX, AVX512-BF16), else fp32.",
     )
     max_input_tokens: int | None = Field(
         None, ge=1, description="Longest accepted input in tokens; default from the model folder (README: input limit)."

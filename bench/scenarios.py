@@ -79,6 +79,7 @@ class Context:
     nomic: Path | None  # an existing NomicBert folder; None = build the seeded random full-size one
     peers: bool
     work: Path  # logs
+    peer_python: Path | None = None  # one interpreter that has the peers (the GPU machine's), instead of their venvs
     rows: list[dict] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -146,6 +147,8 @@ def peer_runner(ctx: Context, name: str, script: str) -> Runner | None:
     """The peer's runner, its venv created on first use; None (and a note) when it cannot be had."""
     if not ctx.peers:
         return None
+    if ctx.peer_python is not None:
+        return Runner(name, ctx.peer_python, script, ctx.work)
     try:
         python = venvs.ensure(venvs.PEERS[name])
     except venvs.SetupError as exc:

@@ -54,13 +54,14 @@ class Architecture:
     matryoshka_layer_norm: bool = False  # nomic-embed v1.5's recipe: layer_norm before truncating
     prompts: dict[str, str] = field(default_factory=dict)  # task prefixes when the folder names none
     limit_key: str | None = None  # a config.json key that states the input limit (README: input limit, rule 2)
-    experts: Callable[[Any], dict[str, int] | None] = lambda config: None  # MoE layout, for /v1/models
+    experts: Callable[[Any], dict[str, int | list[int]] | None] = lambda config: None  # MoE layout, for /v1/models
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "NomicBertModel", "nomic_bert", EMBEDDING, NomicBertConfig, config_forms.nomic_values, NomicBert,
         weights.map_nomic, matryoshka=True, matryoshka_layer_norm=True, prompts=NOMIC_PROMPTS, limit_key="n_positions",
+        experts=NomicBertConfig.experts,
     ),
     Architecture("BertModel", "bert", EMBEDDING, BertConfig, dict, Bert, weights.map_bert),
     Architecture("DistilBertModel", "distilbert", EMBEDDING, BertConfig, config_forms.distilbert_values, Bert,

@@ -22,8 +22,9 @@ from model.errors import InputError
 
 LongInput = Literal["error", "truncate", "chunk"]
 LONG_INPUT_MODES: tuple[str, ...] = ("error", "truncate", "chunk")
-# common names for nomic's task types; a model's own prompt names win over these
-INPUT_TYPE_ALIASES = {"query": "search_query", "document": "search_document", "passage": "search_document"}
+# names for the same task: an input_type finds whichever of its group the model's prompts use (nomic v1.5 names them
+# search_query / search_document, v2-moe and e5 query / passage)
+INPUT_TYPE_SYNONYMS = (("search_query", "query"), ("search_document", "passage", "document"))
 
 
 class Rejected(InputError):
@@ -59,7 +60,8 @@ def task_prefix(prompts: Mapping[str, str], input_type: str | None) -> tuple[str
     """(task name, prefix) for an input_type: the model's own prompt names, else the common aliases."""
     if input_type is None:
         return "", ""
-    name = input_type if input_type in prompts else INPUT_TYPE_ALIASES.get(input_type, input_type)
+    group = next((g for g in INPUT_TYPE_SYNONYMS if input_type in g), ())
+    name = input_type if input_type in prompts else next((n for n in group if n in prompts), input_type)
     if name not in prompts:
         known = ", ".join(sorted(prompts)) or "none"
         raise Rejected("invalid_input_type", f"Unknown input_type '{name}' for this model (known: {known})",

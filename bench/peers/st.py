@@ -14,13 +14,20 @@ from sentence_transformers import SentenceTransformer
 state: dict = {}
 
 
-def load(model: str, dtype: str = "float32", threads: int | None = None) -> dict:
-    st = SentenceTransformer(model, device="cpu")
+def load(model: str, dtype: str = "float32", threads: int | None = None, device: str = "cpu",
+         max_seq_length: int | None = None) -> dict:
+    st = SentenceTransformer(model, device=device)
     st = st.to(getattr(torch, dtype))
+    if max_seq_length:  # a folder without sentence-transformers metadata gets the config's positions (2048 for nomic)
+        st.max_seq_length = max_seq_length
     if threads:
         torch.set_num_threads(threads)
     state["st"] = st
     return {
+        "device": str(st.device),
+        "max_seq_length": st.max_seq_length,
+        "attn_implementation": getattr(getattr(getattr(st[0], "auto_model", None), "config", None),
+                                       "_attn_implementation", None),
         "dtype": dtype,
         "threads": torch.get_num_threads(),
         "versions": {"python": platform.python_version(),
