@@ -13,7 +13,7 @@ import uuid
 
 from starlette.requests import ClientDisconnect
 
-from app.errors import APIError, draining, error_body
+from app.errors import APIError, api_of, draining, error_body
 from app.logs import FIELDS, logfmt
 from app.metrics import NO_MODEL
 
@@ -138,7 +138,7 @@ class RequestMiddleware:
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 message = f"Request body over {self.max_body_bytes} bytes"
-                await self._reject(send_wrapper, 413, message, "body_too_large", close=True)
+                await self._reject(send_wrapper, scope, 413, message, "body_too_large", close=True)
             else:
                 await self.app(scope, body, send_wrapper)
         except ClientDisconnect:
@@ -147,12 +147,13 @@ class RequestMiddleware:
             # only a shutdown cancels a request (the drain at its deadline, uvicorn at the end of its grace): the
             # request still gets an answer in our shape, and uvicorn (the task's owner) sees it finished, not broken
             if status is None and not body.disconnected:
-                await self._reject(send_wrapper, 503, "The server is shutting down", "draining")
-        except Exception as exc:  # a real server fault: OpenAI-shaped 500, logged with the request id
+                await self._reject(send_wrapper, scope, 503, "The server is shutting down", "draining")
+        except Exception as exc:  # a real server fault: a 500 in the route's API's shape, logged with the request id
             error_log.exception("request %s failed: %s", request_id, exc)
             if status is not None:  # too late for an error response
                 raise
-            await self._reject(send_wrapper, 500, f"Internal server error (request id {request_id})", "internal_error")
+            message = f"Internal server error (request id {request_id})"
+            await self._reject(send_wrapper, scope, 500, message, "internal_error")
         finally:
             body.release()
             rt.unanswered.discard(task)
@@ -168,8 +169,9 @@ class RequestMiddleware:
             self._log(scope, request_id, status, elapsed, state)
 
     @staticmethod
-    async def _reject(send, status: int, message: str, code: str, close: bool = False) -> None:
-        body = json.dumps(error_body(status, message, None, code)).encode()
+    async def _reject(send, scope, status: int, message: str, code: str, close: bool = False) -> None:
+        status, payload = error_body(status, message, None, code, api_of(scope))
+        body = json.dumps(payload).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send(
             {

@@ -32,7 +32,8 @@ EXIT_RESERVE_S = 1.5
 # logged 85,000 errors in 30 s here.
 BACKLOG = 128
 OWN_FILES = 128
-_BUSY_BODY = json.dumps(error_body(503, "Too many connections; retry after the Retry-After seconds", code="overloaded"))
+_, _BUSY = error_body(503, "Too many connections; retry after the Retry-After seconds", code="overloaded")
+_BUSY_BODY = json.dumps(_BUSY)
 BUSY = (
     "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\n"
     f"content-length: {len(_BUSY_BODY)}\r\n\r\n{_BUSY_BODY}"

@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `model` is a hub id.")
     served_model_name: str | None = Field(
-        None, description="Name clients send as `model` for a single unnamed model; defaults to the hub id, or a "
-        "local folder's basename."
+        None, description="Name clients send as `model` for the first model, when it has no `NAME=`; defaults to "
+        "the hub id, or a local folder's basename."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks CUDA when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     long_input: Literal["error", "truncate", "chunk"] = Field(
         "error", description="Default for inputs over the limit: 400 error, truncate, or chunk and average."
     )
+    auto_truncate: bool = Field(
+        False, description="TEI's flag: cut inputs and (query, document) pairs over the model's limit instead of "
+        "answering 400, unless a request says otherwise (the same as --long-input truncate)."
+    )
     default_input_type: str | None = Field(
         None, description="Task prefix applied when a request names none (e.g. `search_document`)."
     )
@@ -128,8 +132,10 @@ class Settings(BaseSettings):
             raise ValueError("metrics_port must differ from port (or be unset to serve /metrics on the API port)")
         if not self.model:
             raise ValueError("model: give at least one model")
-        if self.served_model_name is not None and (len(self.model) > 1 or "=" in self.model[0]):
-            raise ValueError("served_model_name names a single unnamed model; with several, use --model NAME=SOURCE")
+        if self.auto_truncate and self.long_input == "chunk":
+            raise ValueError("auto_truncate means long_input truncate; drop one of auto_truncate and long_input chunk")
+        if self.served_model_name is not None and "=" in self.model[0]:
+            raise ValueError("served_model_name names the first model, which has a NAME= already; drop one of them")
         names = [name for name, _ in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model: served names must be unique, got {names}; name each one with NAME=SOURCE")
@@ -140,17 +146,22 @@ class Settings(BaseSettings):
     @property
     def models(self) -> list[tuple[str, str]]:
         """(served name, source) per model, the default first. `NAME=SOURCE` splits at the first `=`; an unnamed
-        model is served as `served_model_name`, else under its packaged name, a local folder's basename (never its
-        filesystem path: /metrics is open), or its hub id."""
+        model is served under its packaged name, a local folder's basename (never its filesystem path: /metrics is
+        open) or its hub id, the first one as `served_model_name` when that is set."""
         out = []
-        for entry in self.model:
+        for i, entry in enumerate(self.model):
             name, sep, source = entry.partition("=")
             if not sep:
-                name, source = self.served_model_name or default_name(entry), entry
+                name, source = (self.served_model_name if i == 0 else None) or default_name(entry), entry
             if not name or not source:
                 raise ValueError(f"model: {entry!r} is not NAME=SOURCE (both non-empty)")
             out.append((name, source))
         return out
+
+    @property
+    def long_input_default(self) -> str:
+        """What an input over the limit gets when its request does not say: error, truncate or chunk."""
+        return "truncate" if self.auto_truncate else self.long_input
 
     @property
     def model_name(self) -> str:

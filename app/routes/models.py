@@ -9,7 +9,7 @@ from app.routes.common import require_api_key, require_ready
 from app.runtime import Runtime, ServedModel
 from app.schemas import Experts, ModelCard, ModelList
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
 
 def card(rt: Runtime, served: ServedModel) -> ModelCard:
