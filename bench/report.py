@@ -100,6 +100,11 @@ def targets(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["group"] == "nomic" and r["params"].get("kind") == "mixed" and r["params"].get("metric") == "tokens_per_s":
             add(f"{r['scenario'].removesuffix(' tokens/s')}: tokens/s vs transformers", r["ratio"], 1.3, "{:.2f}x")
+    for r in rows:  # issue 19
+        if r["group"] == "modernbert" and r["params"].get("metric") == "tokens_per_s":
+            add(f"{r['scenario'].removesuffix(' tokens/s')}: tokens/s vs transformers", r["ratio"], 1.3, "{:.2f}x")
+    xlmr = _find(rows, group="xlmr", batch_size=32, metric="tokens_per_s")
+    add("XLM-R ~180 tok batch 32: tokens/s vs sentence-transformers", xlmr and xlmr["ratio"], 1.2, "{:.2f}x")
     for dtype, tag in (("float32", ""), ("bfloat16", " (bf16)")):
         idle = _find(rows, group="server", metric="idle_p50", dtype=dtype)
         if dtype == "float32" or idle:
