@@ -57,11 +57,19 @@ class Architecture:
     experts: Callable[[Any], dict[str, int] | None] = lambda config: None  # MoE layout, for /v1/models
 
 
+def bert_scorer(config: BertConfig) -> SequenceScorer:
+    return SequenceScorer(Bert(config), FirstTokenHead(config))
+
+
+def modernbert_scorer(config: ModernBertConfig) -> SequenceScorer:
+    return SequenceScorer(ModernBert(config), ModernBertHead(config))
+
+
 ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture(
-        "NomicBertModel", "nomic_bert", EMBEDDING, NomicBertConfig, config_forms.nomic_values, NomicBert,
-        weights.map_nomic, matryoshka=True, matryoshka_layer_norm=True, prompts=NOMIC_PROMPTS, limit_key="n_positions",
-    ),
+    # embedders
+    Architecture("NomicBertModel", "nomic_bert", EMBEDDING, NomicBertConfig, config_forms.nomic_values, NomicBert,
+                 weights.map_nomic, matryoshka=True, matryoshka_layer_norm=True, prompts=NOMIC_PROMPTS,
+                 limit_key="n_positions"),
     Architecture("BertModel", "bert", EMBEDDING, BertConfig, dict, Bert, weights.map_bert),
     Architecture("DistilBertModel", "distilbert", EMBEDDING, BertConfig, config_forms.distilbert_values, Bert,
                  weights.map_bert),
@@ -70,15 +78,13 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("ModernBertModel", "modernbert", EMBEDDING, ModernBertConfig, config_forms.modernbert_values,
                  ModernBert, weights.map_modernbert),
     # cross-encoders: the same bodies under their classification heads
-    Architecture("BertForSequenceClassification", "bert", RERANKER, BertConfig, classifier(dict),
-                 lambda c: SequenceScorer(Bert(c), FirstTokenHead(c)), weights.map_scorer(weights.map_bert,
-                                                                                          weights.BERT_HEAD),
-                 pooling=("cls",)),
+    Architecture("BertForSequenceClassification", "bert", RERANKER, BertConfig, classifier(dict), bert_scorer,
+                 weights.map_scorer(weights.map_bert, weights.BERT_HEAD), pooling=("cls",)),
     Architecture("XLMRobertaForSequenceClassification", "xlm-roberta", RERANKER, BertConfig,
-                 classifier(config_forms.xlmr_values), lambda c: SequenceScorer(Bert(c), FirstTokenHead(c)),
+                 classifier(config_forms.xlmr_values), bert_scorer,
                  weights.map_scorer(weights.map_bert, weights.ROBERTA_HEAD), pooling=("cls",)),
     Architecture("ModernBertForSequenceClassification", "modernbert", RERANKER, ModernBertConfig,
-                 classifier(config_forms.modernbert_values), lambda c: SequenceScorer(ModernBert(c), ModernBertHead(c)),
+                 classifier(config_forms.modernbert_values), modernbert_scorer,
                  weights.map_scorer(weights.map_modernbert, weights.MODERNBERT_HEAD)),
 )
 
