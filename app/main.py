@@ -14,11 +14,20 @@ from fastapi_offline import FastAPIOffline
 
 from app import errors
 from app.middleware import RequestMiddleware
-from app.routes import embeddings, health, models, tokenize
+from app.routes import embeddings, health, models, rerank, tokenize
 from app.runtime import Runtime
 from app.settings import Settings
 
 log = logging.getLogger("app")
+# /docs groups the routes by the API they belong to; each API answers errors in its own shape (app/errors.py)
+API_TAGS = [
+    {"name": "OpenAI", "description": "OpenAI's embeddings API (errors: `{error: {message, type, param, code}}`)."},
+    {"name": "TEI", "description": "text-embeddings-inference 1.9's API (errors: `{error, error_type}`)."},
+    {"name": "Cohere", "description": "Cohere's API, as Cohere, Jina, vLLM and Infinity serve it (errors: "
+     "`{message}`)."},
+    {"name": "vLLM", "description": "vLLM's score API for cross-encoders (OpenAI's error shape)."},
+    {"name": "Server", "description": "Liveness, readiness and Prometheus metrics."},
+]
 
 
 def create_app(
@@ -53,14 +62,24 @@ def create_app(
     app = FastAPIOffline(
         title="nomic-embed-server",
         version="0.1.0",
-        summary="OpenAI-compatible embeddings for NomicBert and the BERT family",
+        summary="Embeddings and reranking for NomicBert, the BERT family, XLM-R and ModernBERT, in the APIs clients "
+        "already speak",
         lifespan=lifespan,
+        openapi_tags=API_TAGS,
         redoc_url=None,
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.runtime = runtime
     errors.install(app)
-    for router in (embeddings.router, models.router, tokenize.router, health.router):
+    for router in (
+        embeddings.router,
+        models.router,
+        tokenize.router,
+        rerank.tei,
+        rerank.cohere,
+        rerank.vllm,
+        health.router,
+    ):
         app.include_router(router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)

@@ -9,7 +9,7 @@ import re
 import time
 import uuid
 
-from app.errors import APIError, error_body
+from app.errors import APIError, api_of, error_body
 from app.metrics import NO_MODEL
 
 access_log = logging.getLogger("app.access")
@@ -59,15 +59,16 @@ class RequestMiddleware:
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 await self._reject(
-                    send_wrapper, 413, f"Request body over {self.max_body_bytes} bytes", "body_too_large"
+                    send_wrapper, scope, 413, f"Request body over {self.max_body_bytes} bytes", "body_too_large"
                 )
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
-        except Exception as exc:  # a real server fault: OpenAI-shaped 500, logged with the request id
+        except Exception as exc:  # a real server fault: a 500 in the route's API's shape, logged with the request id
             error_log.exception("request %s failed: %s", request_id, exc)
             if started:  # too late for an error response
                 raise
-            await self._reject(send_wrapper, 500, f"Internal server error (request id {request_id})", "internal_error")
+            message = f"Internal server error (request id {request_id})"
+            await self._reject(send_wrapper, scope, 500, message, "internal_error")
         finally:
             model = state.get("model", NO_MODEL)  # set by the route once it knows the model (Runtime.bind)
             rt.request_finished(model)
@@ -79,8 +80,9 @@ class RequestMiddleware:
             self._log(scope, request_id, status, elapsed, state)
 
     @staticmethod
-    async def _reject(send, status: int, message: str, code: str) -> None:
-        body = json.dumps(error_body(status, message, None, code)).encode()
+    async def _reject(send, scope, status: int, message: str, code: str) -> None:
+        status, payload = error_body(status, message, None, code, api_of(scope))
+        body = json.dumps(payload).encode()
         await send(
             {
                 "type": "http.response.start",

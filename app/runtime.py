@@ -20,11 +20,13 @@ from app.batcher import Batcher, BatchStats, ComputeSlots
 from app.cache import EmbeddingCache
 from app.errors import APIError
 from app.metrics import NO_MODEL, Metrics
+from app.rerank import RerankService
 from app.service import EmbeddingService
 from app.settings import Settings
 
 log = logging.getLogger("app")
 EMBEDDING, RERANKER = "embedding", "reranker"
+DESCRIBED = {EMBEDDING: "an embedding model", RERANKER: "a reranker (cross-encoder)"}
 
 
 def kind_of(encoder: Any) -> str:
@@ -50,10 +52,9 @@ class ServedModel:
     def require(self, kind: str) -> ServedModel:
         """This model, if it is of `kind`; else a 400 naming what it is."""
         if self.kind != kind:
-            want = "an embedding model" if kind == EMBEDDING else "a reranker (cross-encoder)"
             raise APIError(
                 400,
-                f"The model `{self.name}` is a {self.kind} model; this route needs {want}",
+                f"The model `{self.name}` is {DESCRIBED[self.kind]}; this route needs {DESCRIBED[kind]}",
                 param="model",
                 code="wrong_model_kind",
             )
@@ -97,10 +98,12 @@ class Runtime:
     def model_name(self) -> str:
         return self.default.name
 
-    def model(self, name: str | None) -> ServedModel:
-        """The model a request names (None: the default, the first configured); unknown names are a 404."""
+    def model(self, name: str | None, kind: str | None = None) -> ServedModel:
+        """The model a request names; unknown names are a 404. A request that names none gets the first model of the
+        kind its route needs (so TEI's `/rerank`, which has no `model` field, reaches the reranker beside an
+        embedder), else the first model."""
         if name is None:
-            return self.default
+            return next((m for m in self.models.values() if m.kind == kind), self.default)
         served = self.models.get(name)
         if served is None:
             raise APIError(
@@ -206,6 +209,9 @@ class Runtime:
             # a batch holding `width` of the `workers` slots computes on that share of the cores
             return list(encoder.pooled(ids, threads=max(1, encoder.threads * width // workers)))
 
+        def run_pairs(pairs: list, width: int) -> list[float]:  # a cross-encoder: (query, document) pairs -> logits
+            return list(encoder.score(pairs, threads=max(1, encoder.threads * width // workers)))
+
         def run_prepared(packed, width: int) -> list[np.ndarray]:  # the device side; packed ahead by the batcher
             return list(encoder.run(packed))
 
@@ -214,9 +220,11 @@ class Runtime:
                 name, stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s, stats.compute_s
             )
 
-        ahead = encoder.packs_ahead  # on a GPU: pack batch n+1 on the host while batch n computes
+        reranker = served.kind == RERANKER
+        # on a GPU: pack batch n+1 on the host while batch n computes (embedding batches: token ids only)
+        ahead = encoder.packs_ahead and not reranker
         served.batcher = batcher = Batcher(
-            run_prepared if ahead else run_batch,
+            run_pairs if reranker else run_prepared if ahead else run_batch,
             cost=encoder.batch_cost,
             max_batch_tokens=s.max_batch_tokens,
             max_batch_size=s.max_batch_size,
@@ -232,7 +240,11 @@ class Runtime:
         # queue gauges are read at scrape time, on the API port and on --metrics-port alike
         self.metrics.queue_depth.labels(name).set_function(lambda: batcher.queue_items)
         self.metrics.queue_tokens.labels(name).set_function(lambda: batcher.queue_tokens)
-        served.service = EmbeddingService(encoder, batcher, s, self.metrics, self.caches[name], name)
+        served.service = (
+            RerankService(encoder, batcher, s, self.metrics, name)
+            if reranker
+            else EmbeddingService(encoder, batcher, s, self.metrics, self.caches[name], name)
+        )
         self.metrics.model_info.labels(
             name, served.kind, info.model_type, info.device, info.dtype, str(info.max_input_tokens),
             str(info.hidden_size),

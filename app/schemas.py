@@ -54,6 +54,12 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class Experts(BaseModel):
+    num_experts: int = Field(description="Experts in each mixture-of-experts layer")
+    top_k: int = Field(description="Experts each token is routed to")
+    layers: list[int] = Field(description="The layers whose feed-forward block is a mixture of experts")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -65,7 +71,7 @@ class ModelCard(BaseModel):
     dimensions: int
     model_type: str
     architecture: str = Field(description="The architecture, as transformers names it (e.g. `ModernBertModel`)")
-    experts: dict[str, int] | None = Field(description="Mixture-of-experts layout; null for a dense model")
+    experts: Experts | None = Field(description="Mixture-of-experts layout; null for a dense model")
     device: str
     dtype: str
     pooling: str = Field(description="sentence-transformers pooling modes joined by `+` (a reranker: its head's)")

@@ -1,5 +1,6 @@
 """What a request for embeddings goes through: validate -> prefix and tokenize -> length rules -> cache -> batcher ->
-Matryoshka/normalise -> encode. HTTP-free, so the rules read in one place; the routes only translate."""
+Matryoshka/normalise -> encode. HTTP-free, so the rules read in one place; the routes only translate. `ModelService`
+holds what every model's service shares (the rerank service in app/rerank.py builds on it too)."""
 
 from __future__ import annotations
 
@@ -39,13 +40,94 @@ class EmbeddingResult:
     prompt_tokens: int
 
 
-class EmbeddingService:
+class ModelService:
+    """What every model's service shares, whatever it computes: the text rules, tokenising off the event loop when
+    it is long, the priority rule, and submitting to the model's batcher (its refusals as API errors)."""
+
+    def __init__(self, encoder, batcher: Batcher, settings: Settings, metrics: Metrics, name: str):
+        self.encoder, self.batcher, self.settings, self.metrics = encoder, batcher, settings, metrics
+        self.info = encoder.info
+        self.name = name  # the served name: the cache keys and the metrics' `model` label
+
+    @staticmethod
+    def check_texts(texts: Sequence[str], param: str = "input", noun: str = "Input") -> None:
+        for i, text in enumerate(texts):
+            try:
+                inputs.check_text(text)
+            except inputs.Rejected as exc:
+                exc.param = param
+                raise rejected(exc, i, noun=noun) from None
+
+    def check_count(self, n: int, param: str = "input") -> None:
+        if n > self.settings.max_inputs_per_request:
+            raise APIError(
+                400,
+                f"Too many inputs: {n}, the maximum is {self.settings.max_inputs_per_request}",
+                param=param,
+                code="too_many_inputs",
+            )
+
+    def check_total(self, total: int, param: str = "input") -> None:
+        if total > self.settings.max_tokens_per_request:
+            raise APIError(
+                400,
+                f"The request has {total} tokens, over the per-request maximum of "
+                f"{self.settings.max_tokens_per_request}",
+                param=param,
+                code="max_tokens_per_request",
+            )
+
+    @staticmethod
+    async def off_loop_if_long(chars: int, fn, *args):
+        """`fn(*args)` inline when the text is short (microseconds: a thread hop would cost more), else in a thread
+        so the event loop keeps serving."""
+        if chars <= INLINE_TOKENIZE_CHARS:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    @staticmethod
+    def priority(items: Sequence[Sequence[int]], requested: str | None) -> int:
+        """interactive (0) / bulk (1) as asked, else by size: a few short inputs are interactive."""
+        given = {"interactive": 0, "bulk": 1}.get(requested or "")
+        if given is not None:
+            return given
+        small = len(items) <= INTERACTIVE_MAX_INPUTS and sum(map(len, items)) <= INTERACTIVE_MAX_TOKENS
+        return 0 if small else 1
+
+    async def submit(self, items: Sequence[Sequence[int]], priority: int) -> list:
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        try:
+            return await self.batcher.submit(items, priority=priority, deadline=deadline)
+        except Overloaded as exc:
+            self.metrics.rejected.labels(self.name, "overloaded").inc()
+            retry = str(max(1, round(exc.retry_after)))
+            raise APIError(
+                429,
+                "The server is overloaded; retry after the Retry-After seconds",
+                code="overloaded",
+                headers={"Retry-After": retry},
+            ) from None
+        except Draining:
+            self.metrics.rejected.labels(self.name, "draining").inc()
+            raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"}) from None
+        except DeadlineExceeded:
+            self.metrics.rejected.labels(self.name, "timeout").inc()
+            raise APIError(
+                503,
+                f"The request waited over {self.settings.request_timeout_s:g} s in the queue and was dropped",
+                code="queue_timeout",
+                headers={"Retry-After": "1"},
+            ) from None
+        except WorkerDied:
+            raise APIError(503, "The encoder worker is not running", code="worker_died") from None
+
+
+class EmbeddingService(ModelService):
     def __init__(
         self, encoder, batcher: Batcher, settings: Settings, metrics: Metrics, cache: EmbeddingCache, name: str
     ):
-        self.encoder, self.batcher, self.settings, self.metrics, self.cache = encoder, batcher, settings, metrics, cache
-        self.info = encoder.info
-        self.name = name  # the served name: the cache keys and the metrics' `model` label
+        super().__init__(encoder, batcher, settings, metrics, name)
+        self.cache = cache
 
     # ---- request rules (model/inputs.py holds them, shared with the offline jobs) ------------------------------
     def prefix_for(self, input_type: str | None) -> tuple[str, str]:
@@ -76,14 +158,6 @@ class EmbeddingService:
                 )
 
     @staticmethod
-    def check_texts(texts: Sequence[str]) -> None:
-        for i, text in enumerate(texts):
-            try:
-                inputs.check_text(text)
-            except inputs.Rejected as exc:
-                raise rejected(exc, i) from None
-
-    @staticmethod
     def split_input(raw) -> tuple[list[str] | None, list[list[int]] | None]:
         """OpenAI's four input shapes -> texts or token-id lists."""
         if isinstance(raw, str):
@@ -97,9 +171,7 @@ class EmbeddingService:
     async def tokenize(self, texts: Sequence[str], prefix: str) -> list[list[int]]:
         if self.encoder.tokenizer is None:
             raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
-        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # microseconds of work: a thread hop would cost more
-            return self.encoder.tokenize(texts, prefix)
-        return await asyncio.to_thread(self.encoder.tokenize, texts, prefix)
+        return await self.off_loop_if_long(sum(map(len, texts)), self.encoder.tokenize, texts, prefix)
 
     def fit(self, ids: list[int], index: int, mode: str, from_text: bool) -> list[list[int]]:
         """Apply the long-input rule (model/inputs.py)."""
@@ -110,17 +182,10 @@ class EmbeddingService:
 
     async def prepare(self, req: EmbeddingRequest) -> list[Prepared]:
         texts, id_lists = self.split_input(req.input)
-        n = len(texts) if texts is not None else len(id_lists or [])
-        if n > self.settings.max_inputs_per_request:
-            raise APIError(
-                400,
-                f"Too many inputs: {n}, the maximum is {self.settings.max_inputs_per_request}",
-                param="input",
-                code="too_many_inputs",
-            )
+        self.check_count(len(texts) if texts is not None else len(id_lists or []))
         self.check_dimensions(req.dimensions)
         task, prefix = self.prefix_for(req.input_type) if texts is not None else ("", "")
-        mode = req.long_input or self.settings.long_input
+        mode = req.long_input or self.settings.long_input_default
         keys: list[tuple] = []
         if texts is not None:
             self.check_texts(texts)
@@ -153,14 +218,7 @@ class EmbeddingService:
             prepared[i].windows = self.fit(ids, i, mode, from_text=texts is not None)
             prepared[i].tokens = sum(len(w) for w in prepared[i].windows)
             total += prepared[i].tokens
-        if total > self.settings.max_tokens_per_request:
-            raise APIError(
-                400,
-                f"The request has {total} tokens, over the per-request maximum of "
-                f"{self.settings.max_tokens_per_request}",
-                param="input",
-                code="max_tokens_per_request",
-            )
+        self.check_total(total)
         return prepared
 
     # ---- the work ---------------------------------------------------------------------------------------------
@@ -168,13 +226,7 @@ class EmbeddingService:
         prepared = await self.prepare(req)
         items = [w for p in prepared if p.vector is None for w in p.windows]
         if items:
-            priority = {"interactive": 0, "bulk": 1}.get(req.priority or "")
-            if priority is None:
-                small = len(items) <= INTERACTIVE_MAX_INPUTS and sum(map(len, items)) <= INTERACTIVE_MAX_TOKENS
-                priority = 0 if small else 1
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.settings.request_timeout_s
-            pooled = await self.submit(items, priority, deadline)
+            pooled = await self.submit(items, self.priority(items, req.priority))
             at = 0
             for p in prepared:
                 if p.vector is not None:
@@ -191,36 +243,10 @@ class EmbeddingService:
         self.metrics.embeddings.labels(self.name).inc(len(prepared))
         return EmbeddingResult([p.vector for p in prepared if p.vector is not None], tokens)
 
-    async def submit(self, items: Sequence[Sequence[int]], priority: int, deadline: float) -> list[np.ndarray]:
-        try:
-            return await self.batcher.submit(items, priority=priority, deadline=deadline)
-        except Overloaded as exc:
-            self.metrics.rejected.labels(self.name, "overloaded").inc()
-            retry = str(max(1, round(exc.retry_after)))
-            raise APIError(
-                429,
-                "The server is overloaded; retry after the Retry-After seconds",
-                code="overloaded",
-                headers={"Retry-After": retry},
-            ) from None
-        except Draining:
-            self.metrics.rejected.labels(self.name, "draining").inc()
-            raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"}) from None
-        except DeadlineExceeded:
-            self.metrics.rejected.labels(self.name, "timeout").inc()
-            raise APIError(
-                503,
-                f"The request waited over {self.settings.request_timeout_s:g} s in the queue and was dropped",
-                code="queue_timeout",
-                headers={"Retry-After": "1"},
-            ) from None
-        except WorkerDied:
-            raise APIError(503, "The encoder worker is not running", code="worker_died") from None
 
-
-def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "") -> APIError:
+def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "", noun: str = "Input") -> APIError:
     """An input rule's refusal as a 400 naming the input."""
-    message = exc.reason if index is None else f"Input {index} {exc.reason}"
+    message = exc.reason if index is None else f"{noun} {index} {exc.reason}"
     return APIError(400, f"{message}. {hint}" if hint else message, param=exc.param, code=exc.code)
 
 

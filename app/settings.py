@@ -25,11 +25,14 @@ class Settings(BaseSettings):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `model` is a hub id.")
     served_model_name: str | None = Field(
-        None, description="Name clients send as `model` for a single unnamed model; defaults to `model`."
+        None, description="Name clients send as `model` for the first model, when it has no `NAME=`; defaults to "
+        "`model`."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` picks CUDA when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="`auto`: bf16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else fp32."
+        "auto",
+        description="`auto`: bf16 on GPUs of compute capability >= 8.0 (fp16 on older ones) and on CPUs with native"
+        " bf16 (AMX, AVX512-BF16), else fp32.",
     )
     max_input_tokens: int | None = Field(
         None, ge=1, description="Longest accepted input in tokens; default from the model folder (README: input limit)."
@@ -57,6 +60,10 @@ class Settings(BaseSettings):
     max_tokens_per_request: int = Field(300_000, ge=1, description="Most tokens summed over one request's inputs.")
     long_input: Literal["error", "truncate", "chunk"] = Field(
         "error", description="Default for inputs over the limit: 400 error, truncate, or chunk and average."
+    )
+    auto_truncate: bool = Field(
+        False, description="TEI's flag: cut inputs and (query, document) pairs over the model's limit instead of "
+        "answering 400, unless a request says otherwise (the same as --long-input truncate)."
     )
     default_input_type: str | None = Field(
         None, description="Task prefix applied when a request names none (e.g. `search_document`)."
@@ -98,8 +105,10 @@ class Settings(BaseSettings):
             raise ValueError("metrics_port must differ from port (or be unset to serve /metrics on the API port)")
         if not self.model:
             raise ValueError("model: give at least one model")
-        if self.served_model_name is not None and (len(self.model) > 1 or "=" in self.model[0]):
-            raise ValueError("served_model_name names a single unnamed model; with several, use --model NAME=SOURCE")
+        if self.auto_truncate and self.long_input == "chunk":
+            raise ValueError("auto_truncate means long_input truncate; drop one of auto_truncate and long_input chunk")
+        if self.served_model_name is not None and "=" in self.model[0]:
+            raise ValueError("served_model_name names the first model, which has a NAME= already; drop one of them")
         names = [name for name, _ in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model: served names must be unique, got {names}; name each one with NAME=SOURCE")
@@ -108,18 +117,24 @@ class Settings(BaseSettings):
     @property
     def models(self) -> list[tuple[str, str]]:
         """(served name, source) per model, the default first. `NAME=SOURCE` splits at the first `=`; an unnamed
-        model is served as `served_model_name`, else under its source (the packaged default as all-MiniLM-L6-v2)."""
+        model is served under its source (the packaged default as all-MiniLM-L6-v2), the first one as
+        `served_model_name` when that is set."""
         out = []
-        for entry in self.model:
+        for i, entry in enumerate(self.model):
             name, sep, source = entry.partition("=")
             if not sep:
-                name, source = self.served_model_name or entry, entry
+                name, source = (self.served_model_name if i == 0 else None) or entry, entry
                 if name == DEFAULT_MODEL:
                     name = DEFAULT_MODEL_NAME
             if not name or not source:
                 raise ValueError(f"model: {entry!r} is not NAME=SOURCE (both non-empty)")
             out.append((name, source))
         return out
+
+    @property
+    def long_input_default(self) -> str:
+        """What an input over the limit gets when its request does not say: error, truncate or chunk."""
+        return "truncate" if self.auto_truncate else self.long_input
 
     @property
     def model_name(self) -> str:

@@ -117,7 +117,7 @@ class EncoderInfo:
     prompts: dict[str, str] = field(default_factory=dict)
     kind: str = EMBEDDING  # or RERANKER: a cross-encoder, scoring (query, document) pairs
     architecture: str = ""  # the architecture table's row, as transformers names the class
-    experts: dict[str, int] | None = None  # MoE layout (experts, top-k, ...), None for dense models
+    experts: dict[str, int | list[int]] | None = None  # MoE layout (experts, top-k, MoE layers), None for dense models
     matryoshka: bool = False  # trained for truncated `dimensions`
     matryoshka_dimensions: tuple[int, ...] | None = None  # the widths it was trained at, when the folder lists them
     activation: str | None = None  # rerankers: the torch.nn class scores go through (sentence-transformers' rule)
@@ -168,7 +168,8 @@ class Encoder:
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
         # the attention path is fixed here, at load: varlen flash attention wherever the GPU has it, else SDPA
-        self._packed = device.type == "cuda" and varlen_supported(device, dtype, spec.arch.head_dim)
+        head_dim = getattr(spec.arch, "head_dim", None)  # an architecture that does not say runs SDPA
+        self._packed = device.type == "cuda" and head_dim is not None and varlen_supported(device, dtype, head_dim)
         self.info = EncoderInfo(
             name=name,
             model_type=spec.model_type,

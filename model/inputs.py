@@ -4,7 +4,8 @@
     task_prefix                 an input_type (or alias) -> the model's task prefix
     fit                         the long-input rule: error | truncate | chunk -> the input's windows
     mean_of_windows             a chunked input's windows -> one pooled vector (token-weighted mean)
-    read_record / prepare_inputs / embed_inputs   the offline jobs' JSONL lines, and the rules over many inputs
+    read_record / job_prefix / prepare_inputs / embed_inputs   the offline jobs: JSONL lines, --input-type, and the
+                                                              rules over many inputs
 
 Pure functions over an `Encoder` (tokenizer, limits, device work); no HTTP. A refusal is a `Rejected` carrying the API
 error code and a reason that completes "Input 3 ...", so every surface words an error the same way.
@@ -22,8 +23,9 @@ from model.errors import InputError
 
 LongInput = Literal["error", "truncate", "chunk"]
 LONG_INPUT_MODES: tuple[str, ...] = ("error", "truncate", "chunk")
-# common names for nomic's task types; a model's own prompt names win over these
-INPUT_TYPE_ALIASES = {"query": "search_query", "document": "search_document", "passage": "search_document"}
+# names for the same task: an input_type finds whichever of its group the model's prompts use (nomic v1.5 names them
+# search_query / search_document, v2-moe and e5 query / passage)
+INPUT_TYPE_SYNONYMS = (("search_query", "query"), ("search_document", "passage", "document"))
 
 
 class Rejected(InputError):
@@ -59,7 +61,8 @@ def task_prefix(prompts: Mapping[str, str], input_type: str | None) -> tuple[str
     """(task name, prefix) for an input_type: the model's own prompt names, else the common aliases."""
     if input_type is None:
         return "", ""
-    name = input_type if input_type in prompts else INPUT_TYPE_ALIASES.get(input_type, input_type)
+    group = next((g for g in INPUT_TYPE_SYNONYMS if input_type in g), ())
+    name = input_type if input_type in prompts else next((n for n in group if n in prompts), input_type)
     if name not in prompts:
         known = ", ".join(sorted(prompts)) or "none"
         raise Rejected("invalid_input_type", f"Unknown input_type '{name}' for this model (known: {known})",
@@ -91,6 +94,17 @@ def mean_of_windows(pooled: Sequence[np.ndarray], lengths: Sequence[int]) -> np.
 
 # ---- over many inputs: the offline jobs (`python -m model embed`, with or without Ray) ----------------------------
 RECORD_SHAPE = 'expected {"text": "..."} or {"input_ids": [...]}'
+EXIT_REFUSED = 3  # a job's exit status when it finished and some inputs were refused
+
+
+def job_prefix(prompts: Mapping[str, str], input_type: str | None, prefix: str) -> str:
+    """A job's text prefix: --input-type through the model's prompts (as the server's input_type), else --prefix."""
+    if input_type is None:
+        return prefix
+    try:
+        return task_prefix(prompts, input_type)[1]
+    except Rejected as exc:
+        raise InputError(f"--input-type: {exc.reason}") from None
 
 
 def read_record(raw: bytes | str) -> tuple[str | list[int] | None, object, str | None]:

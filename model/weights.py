@@ -5,6 +5,10 @@ Key maps, one per architecture, run at load time so the model files stay free of
 - NomicBert: legacy names (`encoder.layers.N.attn.Wqkv`, `mlp.fc11/fc12/fc2`, `norm1/2`, `emb_ln`), optionally under
   `bert.`/`model.`, or transformers-v5's split names (`layers.N.self_attn.q_proj`, `mlp.gate_proj/up_proj/down_proj`,
   `post_attention_layernorm`, `post_mlp_layernorm`, `embeddings.LayerNorm`). fc11 | fc12 are fused into `mlp.fc1`.
+  MoE layers (v2-moe): `mlp.router.layer.weight` -> `mlp.router.weight`; the stacked experts `mlp.experts.mlp.w1` and
+  `w2` (each (num_experts * n_inner, n_embd), expert e owning rows e*n_inner ...) become one MLP per expert,
+  `mlp.experts.{e}.fc1.weight` = w1 rows and `fc2.weight` = the transpose of w2 rows (the reference multiplies by w2
+  untransposed); `mlp.experts.bias` -> `mlp.bias`.
 - BERT and XLM-R (`encoder.layer.N.attention.self.query` ..., under `bert.`/`roberta.` or bare) and DistilBERT
   (`transformer.layer.N.attention.q_lin` ...): q, k, v fused into `Wqkv`.
 - ModernBERT: the checkpoint's own names (`layers.N.attn.Wqkv`, `mlp.Wi`, ...), bare or under `model.`; a masked-LM
@@ -139,12 +143,32 @@ NOMIC_V5_RULES = [
 ]
 
 
+def _split_experts(state: dict[str, torch.Tensor], p: str) -> None:
+    """nomic's stacked expert tensors of layer prefix `p` -> one MLP per expert (the count is the router's rows)."""
+    router = state.pop(f"{p}.router.layer.weight", None)
+    if router is None:
+        return
+    state[f"{p}.router.weight"] = router
+    if f"{p}.experts.bias" in state:
+        state[f"{p}.bias"] = state.pop(f"{p}.experts.bias")
+    n = router.shape[0]
+    for name, linear, transpose in (("w1", "fc1", False), ("w2", "fc2", True)):
+        stacked = state.pop(f"{p}.experts.mlp.{name}", None)
+        if stacked is None:
+            continue
+        if stacked.ndim != 2 or stacked.shape[0] % n:
+            raise WeightsError(f"{p}.experts.mlp.{name} {tuple(stacked.shape)} does not split into {n} experts")
+        for e, rows in enumerate(stacked.chunk(n)):  # (n_inner, n_embd) each
+            state[f"{p}.experts.{e}.{linear}.weight"] = rows.t().contiguous() if transpose else rows
+
+
 def map_nomic(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     state = _rename(_strip_prefix(state, ("bert.", "model.")), NOMIC_V5_RULES)
     for i in range(config.n_layer):
         p = f"encoder.layers.{i}"
         _fuse(state, [f"{p}.attn.q_proj", f"{p}.attn.k_proj", f"{p}.attn.v_proj"], f"{p}.attn.Wqkv")
         _fuse(state, [f"{p}.mlp.fc11", f"{p}.mlp.fc12"], f"{p}.mlp.fc1")  # [up; gate]: one GEMM
+        _split_experts(state, f"{p}.mlp")
     return state
 
 

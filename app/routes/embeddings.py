@@ -12,7 +12,7 @@ from app.runtime import Runtime
 from app.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse
 from app.service import encode_vectors
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 429, 503)}
 
 

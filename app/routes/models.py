@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends
 
 from app.routes.common import require_api_key, require_ready
 from app.runtime import Runtime, ServedModel
-from app.schemas import ModelCard, ModelList
+from app.schemas import Experts, ModelCard, ModelList
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
 
 def card(rt: Runtime, served: ServedModel) -> ModelCard:
@@ -23,7 +23,7 @@ def card(rt: Runtime, served: ServedModel) -> ModelCard:
         dimensions=info.hidden_size,
         model_type=info.model_type,
         architecture=info.architecture,
-        experts=info.experts,
+        experts=None if info.experts is None else Experts(**info.experts),
         device=info.device,
         dtype=info.dtype,
         pooling=info.pooling,

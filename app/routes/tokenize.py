@@ -9,7 +9,7 @@ from app.routes.common import json_body, parse_body, pick_model, require_api_key
 from app.runtime import Runtime
 from app.schemas import TokenizedInput, TokenizeRequest, TokenizeResponse, Usage
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
 
 @router.post(

@@ -109,6 +109,7 @@ def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, expected):
         ("nomic-ai/modernbert-embed-base", GOLDEN / "modernbert" / "modernbert-embed-tiny"),
         ("intfloat/multilingual-e5-base", GOLDEN / "xlmr" / "xlmr-e5-tiny"),
         ("BAAI/bge-m3", GOLDEN / "xlmr" / "xlmr-bge-m3-tiny"),
+        ("nomic-ai/nomic-embed-text-v2-moe", GOLDEN / "nomic-moe" / "nomic-moe-tiny"),
     ],
 )
 def test_embedders_from_the_hf_cache(tmp_path, monkeypatch, repo_id, folder):
