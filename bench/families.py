@@ -92,8 +92,11 @@ def checkpoint(name: str, cfg: dict, make_state, files_from: Path, seed: int = 0
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(files_from, tmp, ignore=shutil.ignore_patterns("model.safetensors", "golden.json", "config.json"))
+    top = {"model.safetensors", "golden.json", "config.json"}  # only the top level's: 1_Pooling/config.json stays
+    shutil.copytree(files_from, tmp, ignore=lambda where, names: top & set(names) if where == str(files_from) else ())
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    pooling = tmp / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps(json.loads(pooling.read_text()) | {"word_embedding_dimension": cfg["hidden_size"]}))
     save_file(make_state(cfg, torch.Generator().manual_seed(seed)), tmp / "model.safetensors")
     tmp.rename(folder)
     return folder
