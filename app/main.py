@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 
 from app import errors
 from app.middleware import RequestMiddleware
-from app.routes import embeddings, health, models, rerank, tokenize
+from app.routes import cohere, embeddings, health, models, rerank, tei, tokenize
 from app.runtime import Runtime
 from app.settings import Settings
 
@@ -25,6 +25,7 @@ API_TAGS = [
     {"name": "TEI", "description": "text-embeddings-inference 1.9's API (errors: `{error, error_type}`)."},
     {"name": "Cohere", "description": "Cohere's API, as Cohere, Jina, vLLM and Infinity serve it (errors: "
      "`{message}`)."},
+    {"name": "Infinity", "description": "Infinity's unprefixed routes (OpenAI's shapes)."},
     {"name": "vLLM", "description": "vLLM's score API for cross-encoders (OpenAI's error shape)."},
     {"name": "Server", "description": "Liveness, readiness and Prometheus metrics."},
 ]
@@ -74,10 +75,14 @@ def create_app(
     errors.install(app)
     for router in (
         embeddings.router,
+        embeddings.infinity,
         models.router,
+        models.infinity,
         tokenize.router,
         rerank.tei,
+        tei.router,
         rerank.cohere,
+        cohere.router,
         rerank.vllm,
         health.router,
     ):

@@ -23,7 +23,7 @@ from app.errors import APIError
 from app.metrics import NO_MODEL, Metrics
 from app.middleware import Uploads
 from app.rerank import RerankService
-from app.service import EmbeddingService
+from app.service import AllTokens, EmbeddingService
 from app.settings import Settings
 
 log = logging.getLogger("app")
@@ -215,13 +215,27 @@ class Runtime:
 
         def run_batch(ids: list[Sequence[int]], width: int) -> list[np.ndarray]:
             # a batch holding `width` of the `workers` slots computes on that share of the cores
-            return list(encoder.pooled(ids, threads=max(1, encoder.threads * width // workers)))
+            threads = max(1, encoder.threads * width // workers)
+            whole = [i for i, x in enumerate(ids) if isinstance(x, AllTokens)]  # /embed_all: per-token vectors
+            if not whole:
+                return list(encoder.pooled(ids, threads=threads))
+            out: list = [None] * len(ids)
+            pooled = [i for i, x in enumerate(ids) if not isinstance(x, AllTokens)]
+            if pooled:
+                for i, v in zip(pooled, encoder.pooled([ids[i] for i in pooled], threads=threads)):
+                    out[i] = v
+            for i, v in zip(whole, encoder.token_vectors([ids[i] for i in whole], threads=threads)):
+                out[i] = v
+            return out
+
+        def prepare(ids: list[Sequence[int]]):  # host side ahead of time; batches with /embed_all items run whole
+            return ids if any(isinstance(x, AllTokens) for x in ids) else encoder.prepare(ids)
 
         def run_pairs(pairs: list, width: int) -> list[float]:  # a cross-encoder: (query, document) pairs -> logits
             return list(encoder.score(pairs, threads=max(1, encoder.threads * width // workers)))
 
         def run_prepared(packed, width: int) -> list[np.ndarray]:  # the device side; packed ahead by the batcher
-            return list(encoder.run(packed))
+            return run_batch(packed, width) if isinstance(packed, list) else list(encoder.run(packed))
 
         def on_batch(stats: BatchStats) -> None:
             self.metrics.observe_batch(
@@ -241,7 +255,7 @@ class Runtime:
             is_out_of_memory=encoder.is_out_of_memory,
             on_batch=on_batch,
             workers=workers,
-            prepare=encoder.prepare if ahead else None,
+            prepare=prepare if ahead else None,
             slots=slots,
         )
         await batcher.start()

@@ -3,6 +3,8 @@ Responses carry both Cohere's `meta` and vLLM/Jina's `usage`, so every client fi
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 
@@ -77,3 +79,39 @@ class ErrorResponse(BaseModel):
     message: str
 
 
+
+
+CohereInputType = Literal["search_document", "search_query", "classification", "clustering"]
+EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = Field(None, description="The served embedding model (GET /v1/models); default the first.")
+    texts: list[StrictStr] = Field(description="The texts to embed.")
+    input_type: CohereInputType | None = Field(
+        None, description="Mapped to the model's prompt of that name (or search_query -> query, search_document -> "
+        "document/passage); models without prompts take the text as is."
+    )
+    embedding_types: list[EmbeddingType] = Field(["float"], min_length=1, description="One or more of Cohere's types.")
+    truncate: Literal["NONE", "START", "END"] = Field(
+        "END", description="Over the limit: NONE refuses (400), START drops the start, END the end."
+    )
+    output_dimension: StrictInt | None = Field(None, ge=1, description="Matryoshka width.")
+    max_tokens: StrictInt | None = Field(None, ge=1, description="Accepted; inputs are cut at the model's limit.")
+    priority: StrictInt | None = Field(None, ge=0, description="0 is interactive, higher is bulk.")
+    normalize: StrictBool = Field(True, description="Extension: false returns raw pooled vectors.")
+
+
+class EmbedMeta(BaseModel):
+    api_version: ApiVersion
+    billed_units: dict[str, int]
+
+
+class EmbedResponse(BaseModel):
+    id: str
+    embeddings: dict[str, list]
+    texts: list[str]
+    meta: EmbedMeta
+    response_type: Literal["embeddings_by_type"] = "embeddings_by_type"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app import quantize
 from app.batcher import Batcher, DeadlineExceeded, Draining, Overloaded, WorkerDied
 from app.cache import EmbeddingCache
 from app.errors import APIError
@@ -32,6 +33,10 @@ class Prepared:
     tokens: int
     cache_key: tuple | None = None
     vector: np.ndarray | None = None  # set on a cache hit
+
+
+class AllTokens(list):
+    """A batcher item whose per-token vectors are wanted (TEI's /embed_all), not its pooled vector."""
 
 
 @dataclass
@@ -128,6 +133,35 @@ class EmbeddingService(ModelService):
     ):
         super().__init__(encoder, batcher, settings, metrics, name)
         self.cache = cache
+        self.quantizer = quantize.Quantizer(self._calibration)
+
+    async def _calibration(self, texts: Sequence[str], key: quantize.Key) -> np.ndarray:
+        """The calibration texts embedded as a request with this task, dimensions and normalisation would be."""
+        task, dimensions, normalize = key
+        req = EmbeddingRequest.model_validate(
+            {"input": list(texts), "input_type": task or None, "dimensions": dimensions, "normalize": normalize,
+             "long_input": "truncate"}
+        )
+        return np.stack((await self.embed(req)).vectors)
+
+    async def token_vectors(self, req: EmbeddingRequest) -> EmbeddingResult:
+        """Each input's per-token last hidden states, (T_i, E) (TEI's /embed_all): never chunked, never cached."""
+        if (req.long_input or self.settings.long_input_default) == "chunk":
+            req = req.model_copy(update={"long_input": "error"})
+        prepared = await self.prepare(req, use_cache=False)
+        items = [AllTokens(p.windows[0]) for p in prepared]
+        vectors = await self.submit(items, self.priority(items, req.priority))
+        tokens = sum(p.tokens for p in prepared)
+        self.metrics.tokens.labels(self.name).inc(tokens)
+        return EmbeddingResult(vectors, tokens)
+
+    async def typed(self, vectors: list[np.ndarray], kind: str, req: EmbeddingRequest) -> list:
+        """Finished float vectors in one of Cohere's embedding types (app/quantize.py)."""
+        if kind == "float" or not vectors:
+            return vectors
+        texts, _ = self.split_input(req.input)
+        task = self.prefix_for(req.input_type)[0] if texts is not None else ""
+        return await quantize.as_type(np.stack(vectors), kind, self.quantizer, (task, req.dimensions, req.normalize))
 
     # ---- request rules (model/inputs.py holds them, shared with the offline jobs) ------------------------------
     def prefix_for(self, input_type: str | None) -> tuple[str, str]:
@@ -173,23 +207,24 @@ class EmbeddingService(ModelService):
             raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
         return await self.off_loop_if_long(sum(map(len, texts)), self.encoder.tokenize, texts, prefix)
 
-    def fit(self, ids: list[int], index: int, mode: str, from_text: bool) -> list[list[int]]:
+    def fit(self, ids: list[int], index: int, mode: str, from_text: bool, left: bool = False) -> list[list[int]]:
         """Apply the long-input rule (model/inputs.py)."""
         try:
-            return inputs.fit(self.encoder, ids, mode, from_text)
+            return inputs.fit(self.encoder, ids, mode, from_text, left)
         except inputs.Rejected as exc:
             raise rejected(exc, index, "Shorten it, or set long_input to 'truncate' or 'chunk'.") from None
 
-    async def prepare(self, req: EmbeddingRequest) -> list[Prepared]:
+    async def prepare(self, req: EmbeddingRequest, use_cache: bool = True) -> list[Prepared]:
         texts, id_lists = self.split_input(req.input)
         self.check_count(len(texts) if texts is not None else len(id_lists or []))
         self.check_dimensions(req.dimensions)
         task, prefix = self.prefix_for(req.input_type) if texts is not None else ("", "")
         mode = req.long_input or self.settings.long_input_default
+        variant = (req.dimensions, mode, req.normalize, req.truncation_direction)  # all that changes a vector
         keys: list[tuple] = []
         if texts is not None:
             self.check_texts(texts)
-            keys = [(self.name, task, text, req.dimensions, mode) for text in texts]
+            keys = [(self.name, task, text, *variant) for text in texts]
         else:
             assert id_lists is not None
             for i, ids in enumerate(id_lists):
@@ -197,10 +232,10 @@ class EmbeddingService(ModelService):
                     inputs.check_ids(ids, self.info.vocab_size)
                 except inputs.Rejected as exc:
                     raise rejected(exc, i) from None
-            keys = [(self.name, "", tuple(ids), req.dimensions, mode) for ids in id_lists]
+            keys = [(self.name, "", tuple(ids), *variant) for ids in id_lists]
 
         prepared = [Prepared([], 0, key) for key in keys]
-        if self.cache.enabled:
+        if self.cache.enabled and use_cache:
             for p in prepared:
                 hit = self.cache.get(p.cache_key)
                 if hit is not None:
@@ -215,7 +250,7 @@ class EmbeddingService(ModelService):
             ids_todo = [id_lists[i] for i in todo] if id_lists is not None else []
         total = 0
         for i, ids in zip(todo, ids_todo):
-            prepared[i].windows = self.fit(ids, i, mode, from_text=texts is not None)
+            prepared[i].windows = self.fit(ids, i, mode, texts is not None, req.truncation_direction == "left")
             prepared[i].tokens = sum(len(w) for w in prepared[i].windows)
             total += prepared[i].tokens
         self.check_total(total)
@@ -233,7 +268,7 @@ class EmbeddingService(ModelService):
                     continue
                 mean = inputs.mean_of_windows(pooled[at : at + len(p.windows)], [len(w) for w in p.windows])
                 at += len(p.windows)
-                p.vector = self.encoder.finish(mean[None, :], req.dimensions)[0]
+                p.vector = self.encoder.finish(mean[None, :], req.dimensions, req.normalize)[0]
                 if self.cache.enabled:
                     self.cache.put(p.cache_key, p.vector, p.tokens)
             if self.cache.enabled:
@@ -250,7 +285,13 @@ def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "", nou
     return APIError(400, f"{message}. {hint}" if hint else message, param=exc.param, code=exc.code)
 
 
-def encode_vectors(vectors: list[np.ndarray], encoding_format: str) -> list:
+BYTE_TYPES = {"int8": np.int8, "binary": np.int8, "uint8": np.uint8, "ubinary": np.uint8}
+
+
+def encode_vectors(vectors: list, encoding_format: str, kind: str = "float") -> list:
+    """Vectors of `kind` (float arrays, or int lists from `typed`) as the response carries them."""
+    if encoding_format == "base64" and kind in BYTE_TYPES:  # one byte per value
+        return [base64.b64encode(np.asarray(v, dtype=BYTE_TYPES[kind]).tobytes()).decode("ascii") for v in vectors]
     if encoding_format == "base64":  # little-endian float32, what the openai SDK decodes
         return [base64.b64encode(v.astype("<f4", copy=False).tobytes()).decode("ascii") for v in vectors]
     return list(vectors)  # float32 arrays; orjson writes them directly (OPT_SERIALIZE_NUMPY)

@@ -70,14 +70,16 @@ def task_prefix(prompts: Mapping[str, str], input_type: str | None) -> tuple[str
     return name, prompts[name]
 
 
-def fit(encoder, ids: list[int], mode: str, from_text: bool) -> list[list[int]]:
+def fit(encoder, ids: list[int], mode: str, from_text: bool, left: bool = False) -> list[list[int]]:
     """The long-input rule -> the input's windows (one unless chunked). Tokenised text keeps its [CLS]/[SEP] in
     every piece; token ids given by the caller are cut exactly as given."""
     limit = encoder.info.max_input_tokens
     if len(ids) <= limit:
         return [ids]
     if mode == "truncate":
-        return [encoder.truncate(ids) if from_text else ids[:limit]]
+        if from_text:
+            return [encoder.truncate(ids, left=left)]
+        return [ids[len(ids) - limit :] if left else ids[:limit]]
     if mode == "chunk":
         return encoder.windows(ids) if from_text else [ids[i : i + limit] for i in range(0, len(ids), limit)]
     raise Rejected("context_length_exceeded", f"has {len(ids)} tokens, over this model's maximum of {limit}")
