@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import resource
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import uvicorn
@@ -126,6 +127,13 @@ class Server(uvicorn.Server):
     async def startup(self, sockets=None) -> None:
         self.loop = asyncio.get_running_loop()
         await super().startup(sockets)
+
+    async def serve(self, sockets=None) -> None:
+        await super().serve(sockets)
+        # asyncio.run's teardown joins the default executor's threads: a model still loading (a hub download takes
+        # minutes; the packaged MiniLM held a SIGTERM'd server 10 s) would keep the process past its budget. A fresh
+        # executor leaves those threads to `python -m app`'s os._exit (app/__main__.py:run).
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
 
     def handle_exit(self, sig: int, frame) -> None:  # uvicorn's signal handler; runs between two bytecodes
         if not self.started or self.loop is None:

@@ -17,7 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.app.conftest import server_process
+from tests.app.conftest import ServerProcess, server_process
+from tests.conftest import NOMIC
 
 TEXTS = [f"Request number {i}: the quick brown fox jumps over the lazy dog near the river bank." for i in range(50)]
 BODIES = [" ".join(TEXTS[i : i + 4]) for i in range(48)]  # ~60 tokens each
@@ -222,3 +223,30 @@ def test_overload_gives_429s_not_failures(minilm):
     # the measured capacity; the load generator shares the 2 cores, so allow 5 s. Measured here: 2.2-2.7 s.
     assert p99 < 5.0
     assert rss_after - rss_before < 200
+
+
+def test_sigterm_while_the_model_is_still_loading_exits_at_once(tmp_path):
+    """A model whose weights never arrive (a FIFO nobody writes: a hub download that hangs): the loading thread never
+    ends, and SIGTERM must not wait for it."""
+    folder = tmp_path / "never-arrives"
+    folder.mkdir()
+    for item in (NOMIC / "nomic-text-tiny").iterdir():
+        if item.is_file() and item.suffix != ".safetensors":
+            (folder / item.name).write_bytes(item.read_bytes())
+    os.mkfifo(folder / "model.safetensors")
+    server = ServerProcess("--model", str(folder))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{server.base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert httpx.get(f"{server.base}/ready").status_code == 503  # still loading
+        start = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(10) == 0
+        assert time.monotonic() - start < 5
+    finally:
+        server.stop()
