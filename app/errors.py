@@ -38,6 +38,7 @@ TYPES = {
     403: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
@@ -61,6 +62,11 @@ class APIError(Exception):
     ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def draining(**headers: str) -> APIError:
+    """The answer to work that comes (or is still unanswered) while the server shuts down: retry on another replica."""
+    return APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1", **headers})
 
 
 def api_of(scope: MutableMapping[str, Any]) -> str:

@@ -69,6 +69,7 @@ def create_app(
         openapi_tags=API_TAGS,
         redoc_url=None,
         swagger_ui_parameters={"validatorUrl": None},
+        redirect_slashes=False,  # a redirect would build its Location from the client's Host header
     )
     app.state.runtime = runtime
     errors.install(app)
@@ -96,6 +97,9 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
     app.add_middleware(
-        RequestMiddleware, runtime=runtime, max_body_bytes=settings.max_body_bytes, log_json=settings.log_json
+        RequestMiddleware,
+        runtime=runtime,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
     )
     return app

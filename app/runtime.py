@@ -7,6 +7,7 @@ cores allow. Handlers reach it through `get_runtime`, never through globals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -20,12 +21,15 @@ from app.batcher import Batcher, BatchStats, ComputeSlots
 from app.cache import EmbeddingCache
 from app.errors import APIError
 from app.metrics import NO_MODEL, Metrics
+from app.middleware import Uploads
 from app.rerank import RerankService
 from app.service import AllTokens, EmbeddingService
 from app.settings import Settings
 
 log = logging.getLogger("app")
 EMBEDDING, RERANKER = "embedding", "reranker"
+HURRY_S = 1.0  # a second signal: what is not answered within this gets its 503
+ANSWER_WRITE_S = 1.0  # for the 503s of a drain's deadline to go out
 DESCRIBED = {EMBEDDING: "an embedding model", RERANKER: "a reranker (cross-encoder)"}
 
 
@@ -88,6 +92,10 @@ class Runtime:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.uploads = Uploads(settings.upload_buffer_bytes)
+        self.unanswered: set[asyncio.Task] = set()  # requests in flight that have no response started yet
+        self.drain_deadline = float("inf")
+        self._hurried = asyncio.Event()
 
     # ---- the models -------------------------------------------------------------------------------------------
     @property
@@ -269,19 +277,35 @@ class Runtime:
             name, served.kind, info.device, info.dtype, info.max_input_tokens, workers, len(self.models),
         )
 
-    async def drain(self) -> None:
-        """Stop taking work, answer everything admitted (within the grace period), stop the workers."""
+    async def drain(self, deadline: float | None = None) -> None:
+        """Stop taking work (/ready and new requests get 503), cut the bodies still arriving (503), and answer what
+        was admitted by `deadline` (loop time; default `shutdown_grace_s` from now; `hurry` brings it closer). What
+        is still unanswered then gets a 503, so every admitted request has its answer; the workers stop."""
+        loop = asyncio.get_running_loop()
         self.draining = True
         for served in self.models.values():
             served.ready = False
-        grace = self.settings.shutdown_grace_s
-        deadline = asyncio.get_running_loop().time() + grace
-        await asyncio.gather(*(m.batcher.drain(grace) for m in self.models.values() if m.batcher is not None))
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        try:  # responses still being written after their items were computed
-            await asyncio.wait_for(self.idle.wait(), remaining)
-        except TimeoutError:
-            log.warning("shutdown grace period over with %d requests unanswered", self.in_flight)
+        self.drain_deadline = loop.time() + self.settings.shutdown_grace_s if deadline is None else deadline
+        self.uploads.cut_all()
+        while not self.idle.is_set() and (left := self.drain_deadline - loop.time()) > 0:
+            self._hurried.clear()
+            waits = {asyncio.ensure_future(self.idle.wait()), asyncio.ensure_future(self._hurried.wait())}
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+        if self.unanswered:
+            log.warning("shutdown deadline: answering the %d requests still unanswered with 503", len(self.unanswered))
+            for task in self.unanswered:
+                task.cancel()  # the middleware answers each a 503
+        # nothing is left for the batchers: their workers stop
+        await asyncio.gather(*(m.batcher.drain(0) for m in self.models.values() if m.batcher is not None))
+        with contextlib.suppress(TimeoutError):  # those 503s being written
+            await asyncio.wait_for(self.idle.wait(), ANSWER_WRITE_S)
+
+    def hurry(self) -> None:
+        """A second SIGTERM or SIGINT: the drain ends within HURRY_S, still answering every admitted request."""
+        self.drain_deadline = min(self.drain_deadline, asyncio.get_running_loop().time() + HURRY_S)
+        self._hurried.set()
 
 
 async def get_runtime(request: Request) -> Runtime:

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import gpu, moe, report, scenarios, venvs
+from bench import families, gpu, moe, report, scenarios, venvs
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = scenarios.SCENARIOS | {"moe": moe.moe}
+SCENARIOS = scenarios.SCENARIOS | {"moe": moe.moe} | families.SCENARIOS  # issue 19: bench/families.py
 log = logging.getLogger("bench")
 ALL = {**SCENARIOS, **gpu.SCENARIOS}
 DEFAULT = {"cpu": list(SCENARIOS), "cuda": list(gpu.SCENARIOS)}

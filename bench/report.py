@@ -145,6 +145,11 @@ def cpu_targets(rows: list[dict]) -> list[dict]:
         if r["group"] == "moe" and r["params"].get("metric") in ("moe_vs_dense_ffn", "moe_vs_dense_ffn_bf16"):
             add(f"{r['scenario']}: MoE / dense time (issue 19)", r["params"]["time_ratio"], 1.5, "{:.2f}x",
                 at_most=True)
+    for r in rows:  # issue 19
+        if r["group"] == "modernbert" and r["params"].get("metric") == "tokens_per_s":
+            add(f"{r['scenario'].removesuffix(' tokens/s')}: tokens/s vs transformers", r["ratio"], 1.3, "{:.2f}x")
+    xlmr = _find(rows, group="xlmr", batch_size=32, metric="tokens_per_s")
+    add("XLM-R ~180 tok batch 32: tokens/s vs sentence-transformers", xlmr and xlmr["ratio"], 1.2, "{:.2f}x")
     for dtype, tag in (("float32", ""), ("bfloat16", " (bf16)")):
         idle = _find(rows, group="server", metric="idle_p50", dtype=dtype)
         if dtype == "float32" or idle:

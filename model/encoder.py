@@ -362,6 +362,8 @@ class Encoder:
         if self.info.kind != RERANKER:
             raise ModelError(f"{self.info.name} is an {self.info.kind} model ({self.info.architecture}): it cannot "
                              "score pairs")
+        if not pairs:
+            return np.empty(0, dtype=np.float32)
         types = [p.token_types for p in pairs] if getattr(self.spec.arch, "type_vocab_size", 0) > 1 else None
         return self.pooled([p.ids for p in pairs], types, threads)[:, 0]
 
