@@ -291,7 +291,9 @@ class Batcher(Generic[R]):
         for _ in self._threads:
             self._jobs.put(None)  # each worker finishes what it holds, then exits
         for thread in self._threads:
-            await asyncio.to_thread(thread.join, max(0.0, end - self._loop.time()))
+            left = end - self._loop.time()
+            if left > 0:  # (to_thread waits for a free executor thread, which busy tokenisation may all hold)
+                await asyncio.to_thread(thread.join, left)
 
     # queue bookkeeping (event loop thread only)
 

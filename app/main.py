@@ -14,11 +14,21 @@ from fastapi_offline import FastAPIOffline
 
 from app import errors
 from app.middleware import RequestMiddleware
-from app.routes import embeddings, health, models, tokenize
+from app.routes import cohere, embeddings, health, models, rerank, tei, tokenize
 from app.runtime import Runtime
 from app.settings import Settings
 
 log = logging.getLogger("app")
+# /docs groups the routes by the API they belong to; each API answers errors in its own shape (app/errors.py)
+API_TAGS = [
+    {"name": "OpenAI", "description": "OpenAI's embeddings API (errors: `{error: {message, type, param, code}}`)."},
+    {"name": "TEI", "description": "text-embeddings-inference 1.9's API (errors: `{error, error_type}`)."},
+    {"name": "Cohere", "description": "Cohere's API, as Cohere, Jina, vLLM and Infinity serve it (errors: "
+     "`{message}`)."},
+    {"name": "Infinity", "description": "Infinity's unprefixed routes (OpenAI's shapes)."},
+    {"name": "vLLM", "description": "vLLM's score API for cross-encoders (OpenAI's error shape)."},
+    {"name": "Server", "description": "Liveness, readiness and Prometheus metrics."},
+]
 
 
 def create_app(
@@ -53,14 +63,29 @@ def create_app(
     app = FastAPIOffline(
         title="nomic-embed-server",
         version="0.1.0",
-        summary="OpenAI-compatible embeddings for NomicBert and the BERT family",
+        summary="Embeddings and reranking for NomicBert, the BERT family, XLM-R and ModernBERT, in the APIs clients "
+        "already speak",
         lifespan=lifespan,
+        openapi_tags=API_TAGS,
         redoc_url=None,
         swagger_ui_parameters={"validatorUrl": None},
+        redirect_slashes=False,  # a redirect would build its Location from the client's Host header
     )
     app.state.runtime = runtime
     errors.install(app)
-    for router in (embeddings.router, models.router, tokenize.router, health.router):
+    for router in (
+        embeddings.router,
+        embeddings.infinity,
+        models.router,
+        models.infinity,
+        tokenize.router,
+        rerank.tei,
+        tei.router,
+        rerank.cohere,
+        cohere.router,
+        rerank.vllm,
+        health.router,
+    ):
         app.include_router(router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
@@ -72,6 +97,9 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
     app.add_middleware(
-        RequestMiddleware, runtime=runtime, max_body_bytes=settings.max_body_bytes, log_json=settings.log_json
+        RequestMiddleware,
+        runtime=runtime,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
     )
     return app

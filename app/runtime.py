@@ -7,6 +7,7 @@ cores allow. Handlers reach it through `get_runtime`, never through globals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -20,11 +21,16 @@ from app.batcher import Batcher, BatchStats, ComputeSlots
 from app.cache import EmbeddingCache
 from app.errors import APIError
 from app.metrics import NO_MODEL, Metrics
-from app.service import EmbeddingService
+from app.middleware import Uploads
+from app.rerank import RerankService
+from app.service import AllTokens, EmbeddingService
 from app.settings import Settings
 
 log = logging.getLogger("app")
 EMBEDDING, RERANKER = "embedding", "reranker"
+HURRY_S = 1.0  # a second signal: what is not answered within this gets its 503
+ANSWER_WRITE_S = 1.0  # for the 503s of a drain's deadline to go out
+DESCRIBED = {EMBEDDING: "an embedding model", RERANKER: "a reranker (cross-encoder)"}
 
 
 def kind_of(encoder: Any) -> str:
@@ -50,10 +56,9 @@ class ServedModel:
     def require(self, kind: str) -> ServedModel:
         """This model, if it is of `kind`; else a 400 naming what it is."""
         if self.kind != kind:
-            want = "an embedding model" if kind == EMBEDDING else "a reranker (cross-encoder)"
             raise APIError(
                 400,
-                f"The model `{self.name}` is a {self.kind} model; this route needs {want}",
+                f"The model `{self.name}` is {DESCRIBED[self.kind]}; this route needs {DESCRIBED[kind]}",
                 param="model",
                 code="wrong_model_kind",
             )
@@ -87,6 +92,10 @@ class Runtime:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.uploads = Uploads(settings.upload_buffer_bytes)
+        self.unanswered: set[asyncio.Task] = set()  # requests in flight that have no response started yet
+        self.drain_deadline = float("inf")
+        self._hurried = asyncio.Event()
 
     # ---- the models -------------------------------------------------------------------------------------------
     @property
@@ -97,10 +106,12 @@ class Runtime:
     def model_name(self) -> str:
         return self.default.name
 
-    def model(self, name: str | None) -> ServedModel:
-        """The model a request names (None: the default, the first configured); unknown names are a 404."""
+    def model(self, name: str | None, kind: str | None = None) -> ServedModel:
+        """The model a request names; unknown names are a 404. A request that names none gets the first model of the
+        kind its route needs (so TEI's `/rerank`, which has no `model` field, reaches the reranker beside an
+        embedder), else the first model."""
         if name is None:
-            return self.default
+            return next((m for m in self.models.values() if m.kind == kind), self.default)
         served = self.models.get(name)
         if served is None:
             raise APIError(
@@ -204,19 +215,38 @@ class Runtime:
 
         def run_batch(ids: list[Sequence[int]], width: int) -> list[np.ndarray]:
             # a batch holding `width` of the `workers` slots computes on that share of the cores
-            return list(encoder.pooled(ids, threads=max(1, encoder.threads * width // workers)))
+            threads = max(1, encoder.threads * width // workers)
+            whole = [i for i, x in enumerate(ids) if isinstance(x, AllTokens)]  # /embed_all: per-token vectors
+            if not whole:
+                return list(encoder.pooled(ids, threads=threads))
+            out: list = [None] * len(ids)
+            pooled = [i for i, x in enumerate(ids) if not isinstance(x, AllTokens)]
+            if pooled:
+                for i, v in zip(pooled, encoder.pooled([ids[i] for i in pooled], threads=threads)):
+                    out[i] = v
+            for i, v in zip(whole, encoder.token_vectors([ids[i] for i in whole], threads=threads)):
+                out[i] = v
+            return out
+
+        def prepare(ids: list[Sequence[int]]):  # host side ahead of time; batches with /embed_all items run whole
+            return ids if any(isinstance(x, AllTokens) for x in ids) else encoder.prepare(ids)
+
+        def run_pairs(pairs: list, width: int) -> list[float]:  # a cross-encoder: (query, document) pairs -> logits
+            return list(encoder.score(pairs, threads=max(1, encoder.threads * width // workers)))
 
         def run_prepared(packed, width: int) -> list[np.ndarray]:  # the device side; packed ahead by the batcher
-            return list(encoder.run(packed))
+            return run_batch(packed, width) if isinstance(packed, list) else list(encoder.run(packed))
 
         def on_batch(stats: BatchStats) -> None:
             self.metrics.observe_batch(
                 name, stats.size, stats.real_tokens, stats.cost_tokens, stats.queue_waits_s, stats.compute_s
             )
 
-        ahead = encoder.packs_ahead  # on a GPU: pack batch n+1 on the host while batch n computes
+        reranker = served.kind == RERANKER
+        # on a GPU: pack batch n+1 on the host while batch n computes (embedding batches: token ids only)
+        ahead = encoder.packs_ahead and not reranker
         served.batcher = batcher = Batcher(
-            run_prepared if ahead else run_batch,
+            run_pairs if reranker else run_prepared if ahead else run_batch,
             cost=encoder.batch_cost,
             max_batch_tokens=s.max_batch_tokens,
             max_batch_size=s.max_batch_size,
@@ -225,14 +255,18 @@ class Runtime:
             is_out_of_memory=encoder.is_out_of_memory,
             on_batch=on_batch,
             workers=workers,
-            prepare=encoder.prepare if ahead else None,
+            prepare=prepare if ahead else None,
             slots=slots,
         )
         await batcher.start()
         # queue gauges are read at scrape time, on the API port and on --metrics-port alike
         self.metrics.queue_depth.labels(name).set_function(lambda: batcher.queue_items)
         self.metrics.queue_tokens.labels(name).set_function(lambda: batcher.queue_tokens)
-        served.service = EmbeddingService(encoder, batcher, s, self.metrics, self.caches[name], name)
+        served.service = (
+            RerankService(encoder, batcher, s, self.metrics, name)
+            if reranker
+            else EmbeddingService(encoder, batcher, s, self.metrics, self.caches[name], name)
+        )
         self.metrics.model_info.labels(
             name, served.kind, info.model_type, info.device, info.dtype, str(info.max_input_tokens),
             str(info.hidden_size),
@@ -243,19 +277,35 @@ class Runtime:
             name, served.kind, info.device, info.dtype, info.max_input_tokens, workers, len(self.models),
         )
 
-    async def drain(self) -> None:
-        """Stop taking work, answer everything admitted (within the grace period), stop the workers."""
+    async def drain(self, deadline: float | None = None) -> None:
+        """Stop taking work (/ready and new requests get 503), cut the bodies still arriving (503), and answer what
+        was admitted by `deadline` (loop time; default `shutdown_grace_s` from now; `hurry` brings it closer). What
+        is still unanswered then gets a 503, so every admitted request has its answer; the workers stop."""
+        loop = asyncio.get_running_loop()
         self.draining = True
         for served in self.models.values():
             served.ready = False
-        grace = self.settings.shutdown_grace_s
-        deadline = asyncio.get_running_loop().time() + grace
-        await asyncio.gather(*(m.batcher.drain(grace) for m in self.models.values() if m.batcher is not None))
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        try:  # responses still being written after their items were computed
-            await asyncio.wait_for(self.idle.wait(), remaining)
-        except TimeoutError:
-            log.warning("shutdown grace period over with %d requests unanswered", self.in_flight)
+        self.drain_deadline = loop.time() + self.settings.shutdown_grace_s if deadline is None else deadline
+        self.uploads.cut_all()
+        while not self.idle.is_set() and (left := self.drain_deadline - loop.time()) > 0:
+            self._hurried.clear()
+            waits = {asyncio.ensure_future(self.idle.wait()), asyncio.ensure_future(self._hurried.wait())}
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+        if self.unanswered:
+            log.warning("shutdown deadline: answering the %d requests still unanswered with 503", len(self.unanswered))
+            for task in self.unanswered:
+                task.cancel()  # the middleware answers each a 503
+        # nothing is left for the batchers: their workers stop
+        await asyncio.gather(*(m.batcher.drain(0) for m in self.models.values() if m.batcher is not None))
+        with contextlib.suppress(TimeoutError):  # those 503s being written
+            await asyncio.wait_for(self.idle.wait(), ANSWER_WRITE_S)
+
+    def hurry(self) -> None:
+        """A second SIGTERM or SIGINT: the drain ends within HURRY_S, still answering every admitted request."""
+        self.drain_deadline = min(self.drain_deadline, asyncio.get_running_loop().time() + HURRY_S)
+        self._hurried.set()
 
 
 async def get_runtime(request: Request) -> Runtime:

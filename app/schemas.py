@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
 Texts = Annotated[list[StrictStr], Field(min_length=1)]
@@ -34,12 +34,22 @@ class EmbeddingRequest(BaseModel):
     priority: Literal["interactive", "bulk"] | None = Field(
         None, description="Scheduling class; by default requests of a few short inputs are interactive."
     )
+    normalize: StrictBool = Field(
+        True, description="Extension: false returns the raw pooled vector (Matryoshka's recipe still applies)."
+    )
+    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float", description="Extension: Cohere's compressed types (README: compressed embeddings); with "
+        "encoding_format base64, the bytes of the int8/uint8/packed-bit vector."
+    )
+    truncation_direction: Literal["left", "right"] = Field(
+        "right", description="Extension: when truncating, left drops the start of the text and keeps its end."
+    )
 
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class Usage(BaseModel):
@@ -64,6 +74,7 @@ class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     kind: str = Field(description="`embedding` (an embedding model) or `reranker` (a cross-encoder)")
+    capabilities: list[str] = Field(description="Infinity's name for the kind: `embed` or `rerank`")
     created: int
     owned_by: str = "nomic-embed-server"
     max_input_tokens: int

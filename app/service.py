@@ -1,5 +1,6 @@
 """What a request for embeddings goes through: validate -> prefix and tokenize -> length rules -> cache -> batcher ->
-Matryoshka/normalise -> encode. HTTP-free, so the rules read in one place; the routes only translate."""
+Matryoshka/normalise -> encode. HTTP-free, so the rules read in one place; the routes only translate. `ModelService`
+holds what every model's service shares (the rerank service in app/rerank.py builds on it too)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app import quantize
 from app.batcher import Batcher, DeadlineExceeded, Draining, Overloaded, WorkerDied
 from app.cache import EmbeddingCache
 from app.errors import APIError
@@ -33,19 +35,133 @@ class Prepared:
     vector: np.ndarray | None = None  # set on a cache hit
 
 
+class AllTokens(list):
+    """A batcher item whose per-token vectors are wanted (TEI's /embed_all), not its pooled vector."""
+
+
 @dataclass
 class EmbeddingResult:
     vectors: list[np.ndarray]
     prompt_tokens: int
 
 
-class EmbeddingService:
+class ModelService:
+    """What every model's service shares, whatever it computes: the text rules, tokenising off the event loop when
+    it is long, the priority rule, and submitting to the model's batcher (its refusals as API errors)."""
+
+    def __init__(self, encoder, batcher: Batcher, settings: Settings, metrics: Metrics, name: str):
+        self.encoder, self.batcher, self.settings, self.metrics = encoder, batcher, settings, metrics
+        self.info = encoder.info
+        self.name = name  # the served name: the cache keys and the metrics' `model` label
+
+    @staticmethod
+    def check_texts(texts: Sequence[str], param: str = "input", noun: str = "Input") -> None:
+        for i, text in enumerate(texts):
+            try:
+                inputs.check_text(text)
+            except inputs.Rejected as exc:
+                exc.param = param
+                raise rejected(exc, i, noun=noun) from None
+
+    def check_count(self, n: int, param: str = "input") -> None:
+        if n > self.settings.max_inputs_per_request:
+            raise APIError(
+                400,
+                f"Too many inputs: {n}, the maximum is {self.settings.max_inputs_per_request}",
+                param=param,
+                code="too_many_inputs",
+            )
+
+    def check_total(self, total: int, param: str = "input") -> None:
+        if total > self.settings.max_tokens_per_request:
+            raise APIError(
+                400,
+                f"The request has {total} tokens, over the per-request maximum of "
+                f"{self.settings.max_tokens_per_request}",
+                param=param,
+                code="max_tokens_per_request",
+            )
+
+    @staticmethod
+    async def off_loop_if_long(chars: int, fn, *args):
+        """`fn(*args)` inline when the text is short (microseconds: a thread hop would cost more), else in a thread
+        so the event loop keeps serving."""
+        if chars <= INLINE_TOKENIZE_CHARS:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    @staticmethod
+    def priority(items: Sequence[Sequence[int]], requested: str | None) -> int:
+        """interactive (0) / bulk (1) as asked, else by size: a few short inputs are interactive."""
+        given = {"interactive": 0, "bulk": 1}.get(requested or "")
+        if given is not None:
+            return given
+        small = len(items) <= INTERACTIVE_MAX_INPUTS and sum(map(len, items)) <= INTERACTIVE_MAX_TOKENS
+        return 0 if small else 1
+
+    async def submit(self, items: Sequence[Sequence[int]], priority: int) -> list:
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        try:
+            return await self.batcher.submit(items, priority=priority, deadline=deadline)
+        except Overloaded as exc:
+            self.metrics.rejected.labels(self.name, "overloaded").inc()
+            retry = str(max(1, round(exc.retry_after)))
+            raise APIError(
+                429,
+                "The server is overloaded; retry after the Retry-After seconds",
+                code="overloaded",
+                headers={"Retry-After": retry},
+            ) from None
+        except Draining:
+            self.metrics.rejected.labels(self.name, "draining").inc()
+            raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"}) from None
+        except DeadlineExceeded:
+            self.metrics.rejected.labels(self.name, "timeout").inc()
+            raise APIError(
+                503,
+                f"The request waited over {self.settings.request_timeout_s:g} s in the queue and was dropped",
+                code="queue_timeout",
+                headers={"Retry-After": "1"},
+            ) from None
+        except WorkerDied:
+            raise APIError(503, "The encoder worker is not running", code="worker_died") from None
+
+
+class EmbeddingService(ModelService):
     def __init__(
         self, encoder, batcher: Batcher, settings: Settings, metrics: Metrics, cache: EmbeddingCache, name: str
     ):
-        self.encoder, self.batcher, self.settings, self.metrics, self.cache = encoder, batcher, settings, metrics, cache
-        self.info = encoder.info
-        self.name = name  # the served name: the cache keys and the metrics' `model` label
+        super().__init__(encoder, batcher, settings, metrics, name)
+        self.cache = cache
+        self.quantizer = quantize.Quantizer(self._calibration)
+
+    async def _calibration(self, texts: Sequence[str], key: quantize.Key) -> np.ndarray:
+        """The calibration texts embedded as a request with this task, dimensions and normalisation would be."""
+        task, dimensions, normalize = key
+        req = EmbeddingRequest.model_validate(
+            {"input": list(texts), "input_type": task or None, "dimensions": dimensions, "normalize": normalize,
+             "long_input": "truncate"}
+        )
+        return np.stack((await self.embed(req)).vectors)
+
+    async def token_vectors(self, req: EmbeddingRequest) -> EmbeddingResult:
+        """Each input's per-token last hidden states, (T_i, E) (TEI's /embed_all): never chunked, never cached."""
+        if (req.long_input or self.settings.long_input_default) == "chunk":
+            req = req.model_copy(update={"long_input": "error"})
+        prepared = await self.prepare(req, use_cache=False)
+        items = [AllTokens(p.windows[0]) for p in prepared]
+        vectors = await self.submit(items, self.priority(items, req.priority))
+        tokens = sum(p.tokens for p in prepared)
+        self.metrics.tokens.labels(self.name).inc(tokens)
+        return EmbeddingResult(vectors, tokens)
+
+    async def typed(self, vectors: list[np.ndarray], kind: str, req: EmbeddingRequest) -> list:
+        """Finished float vectors in one of Cohere's embedding types (app/quantize.py)."""
+        if kind == "float" or not vectors:
+            return vectors
+        texts, _ = self.split_input(req.input)
+        task = self.prefix_for(req.input_type)[0] if texts is not None else ""
+        return await quantize.as_type(np.stack(vectors), kind, self.quantizer, (task, req.dimensions, req.normalize))
 
     # ---- request rules (model/inputs.py holds them, shared with the offline jobs) ------------------------------
     def prefix_for(self, input_type: str | None) -> tuple[str, str]:
@@ -76,14 +192,6 @@ class EmbeddingService:
                 )
 
     @staticmethod
-    def check_texts(texts: Sequence[str]) -> None:
-        for i, text in enumerate(texts):
-            try:
-                inputs.check_text(text)
-            except inputs.Rejected as exc:
-                raise rejected(exc, i) from None
-
-    @staticmethod
     def split_input(raw) -> tuple[list[str] | None, list[list[int]] | None]:
         """OpenAI's four input shapes -> texts or token-id lists."""
         if isinstance(raw, str):
@@ -97,34 +205,26 @@ class EmbeddingService:
     async def tokenize(self, texts: Sequence[str], prefix: str) -> list[list[int]]:
         if self.encoder.tokenizer is None:
             raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
-        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # microseconds of work: a thread hop would cost more
-            return self.encoder.tokenize(texts, prefix)
-        return await asyncio.to_thread(self.encoder.tokenize, texts, prefix)
+        return await self.off_loop_if_long(sum(map(len, texts)), self.encoder.tokenize, texts, prefix)
 
-    def fit(self, ids: list[int], index: int, mode: str, from_text: bool) -> list[list[int]]:
+    def fit(self, ids: list[int], index: int, mode: str, from_text: bool, left: bool = False) -> list[list[int]]:
         """Apply the long-input rule (model/inputs.py)."""
         try:
-            return inputs.fit(self.encoder, ids, mode, from_text)
+            return inputs.fit(self.encoder, ids, mode, from_text, left)
         except inputs.Rejected as exc:
             raise rejected(exc, index, "Shorten it, or set long_input to 'truncate' or 'chunk'.") from None
 
-    async def prepare(self, req: EmbeddingRequest) -> list[Prepared]:
+    async def prepare(self, req: EmbeddingRequest, use_cache: bool = True) -> list[Prepared]:
         texts, id_lists = self.split_input(req.input)
-        n = len(texts) if texts is not None else len(id_lists or [])
-        if n > self.settings.max_inputs_per_request:
-            raise APIError(
-                400,
-                f"Too many inputs: {n}, the maximum is {self.settings.max_inputs_per_request}",
-                param="input",
-                code="too_many_inputs",
-            )
+        self.check_count(len(texts) if texts is not None else len(id_lists or []))
         self.check_dimensions(req.dimensions)
         task, prefix = self.prefix_for(req.input_type) if texts is not None else ("", "")
-        mode = req.long_input or self.settings.long_input
+        mode = req.long_input or self.settings.long_input_default
+        variant = (req.dimensions, mode, req.normalize, req.truncation_direction)  # all that changes a vector
         keys: list[tuple] = []
         if texts is not None:
             self.check_texts(texts)
-            keys = [(self.name, task, text, req.dimensions, mode) for text in texts]
+            keys = [(self.name, task, text, *variant) for text in texts]
         else:
             assert id_lists is not None
             for i, ids in enumerate(id_lists):
@@ -132,10 +232,10 @@ class EmbeddingService:
                     inputs.check_ids(ids, self.info.vocab_size)
                 except inputs.Rejected as exc:
                     raise rejected(exc, i) from None
-            keys = [(self.name, "", tuple(ids), req.dimensions, mode) for ids in id_lists]
+            keys = [(self.name, "", tuple(ids), *variant) for ids in id_lists]
 
         prepared = [Prepared([], 0, key) for key in keys]
-        if self.cache.enabled:
+        if self.cache.enabled and use_cache:
             for p in prepared:
                 hit = self.cache.get(p.cache_key)
                 if hit is not None:
@@ -150,17 +250,10 @@ class EmbeddingService:
             ids_todo = [id_lists[i] for i in todo] if id_lists is not None else []
         total = 0
         for i, ids in zip(todo, ids_todo):
-            prepared[i].windows = self.fit(ids, i, mode, from_text=texts is not None)
+            prepared[i].windows = self.fit(ids, i, mode, texts is not None, req.truncation_direction == "left")
             prepared[i].tokens = sum(len(w) for w in prepared[i].windows)
             total += prepared[i].tokens
-        if total > self.settings.max_tokens_per_request:
-            raise APIError(
-                400,
-                f"The request has {total} tokens, over the per-request maximum of "
-                f"{self.settings.max_tokens_per_request}",
-                param="input",
-                code="max_tokens_per_request",
-            )
+        self.check_total(total)
         return prepared
 
     # ---- the work ---------------------------------------------------------------------------------------------
@@ -168,20 +261,14 @@ class EmbeddingService:
         prepared = await self.prepare(req)
         items = [w for p in prepared if p.vector is None for w in p.windows]
         if items:
-            priority = {"interactive": 0, "bulk": 1}.get(req.priority or "")
-            if priority is None:
-                small = len(items) <= INTERACTIVE_MAX_INPUTS and sum(map(len, items)) <= INTERACTIVE_MAX_TOKENS
-                priority = 0 if small else 1
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.settings.request_timeout_s
-            pooled = await self.submit(items, priority, deadline)
+            pooled = await self.submit(items, self.priority(items, req.priority))
             at = 0
             for p in prepared:
                 if p.vector is not None:
                     continue
                 mean = inputs.mean_of_windows(pooled[at : at + len(p.windows)], [len(w) for w in p.windows])
                 at += len(p.windows)
-                p.vector = self.encoder.finish(mean[None, :], req.dimensions)[0]
+                p.vector = self.encoder.finish(mean[None, :], req.dimensions, req.normalize)[0]
                 if self.cache.enabled:
                     self.cache.put(p.cache_key, p.vector, p.tokens)
             if self.cache.enabled:
@@ -191,40 +278,20 @@ class EmbeddingService:
         self.metrics.embeddings.labels(self.name).inc(len(prepared))
         return EmbeddingResult([p.vector for p in prepared if p.vector is not None], tokens)
 
-    async def submit(self, items: Sequence[Sequence[int]], priority: int, deadline: float) -> list[np.ndarray]:
-        try:
-            return await self.batcher.submit(items, priority=priority, deadline=deadline)
-        except Overloaded as exc:
-            self.metrics.rejected.labels(self.name, "overloaded").inc()
-            retry = str(max(1, round(exc.retry_after)))
-            raise APIError(
-                429,
-                "The server is overloaded; retry after the Retry-After seconds",
-                code="overloaded",
-                headers={"Retry-After": retry},
-            ) from None
-        except Draining:
-            self.metrics.rejected.labels(self.name, "draining").inc()
-            raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"}) from None
-        except DeadlineExceeded:
-            self.metrics.rejected.labels(self.name, "timeout").inc()
-            raise APIError(
-                503,
-                f"The request waited over {self.settings.request_timeout_s:g} s in the queue and was dropped",
-                code="queue_timeout",
-                headers={"Retry-After": "1"},
-            ) from None
-        except WorkerDied:
-            raise APIError(503, "The encoder worker is not running", code="worker_died") from None
 
-
-def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "") -> APIError:
+def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "", noun: str = "Input") -> APIError:
     """An input rule's refusal as a 400 naming the input."""
-    message = exc.reason if index is None else f"Input {index} {exc.reason}"
+    message = exc.reason if index is None else f"{noun} {index} {exc.reason}"
     return APIError(400, f"{message}. {hint}" if hint else message, param=exc.param, code=exc.code)
 
 
-def encode_vectors(vectors: list[np.ndarray], encoding_format: str) -> list:
+BYTE_TYPES = {"int8": np.int8, "binary": np.int8, "uint8": np.uint8, "ubinary": np.uint8}
+
+
+def encode_vectors(vectors: list, encoding_format: str, kind: str = "float") -> list:
+    """Vectors of `kind` (float arrays, or int lists from `typed`) as the response carries them."""
+    if encoding_format == "base64" and kind in BYTE_TYPES:  # one byte per value
+        return [base64.b64encode(np.asarray(v, dtype=BYTE_TYPES[kind]).tobytes()).decode("ascii") for v in vectors]
     if encoding_format == "base64":  # little-endian float32, what the openai SDK decodes
         return [base64.b64encode(v.astype("<f4", copy=False).tobytes()).decode("ascii") for v in vectors]
     return list(vectors)  # float32 arrays; orjson writes them directly (OPT_SERIALIZE_NUMPY)

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import gpu, moe, report, scenarios, venvs
+from bench import families, gpu, moe, report, scenarios, venvs
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = scenarios.SCENARIOS | {"moe": moe.moe}
+SCENARIOS = scenarios.SCENARIOS | {"moe": moe.moe} | families.SCENARIOS  # issue 19: bench/families.py
 log = logging.getLogger("bench")
 ALL = {**SCENARIOS, **gpu.SCENARIOS}
 DEFAULT = {"cpu": list(SCENARIOS), "cuda": list(gpu.SCENARIOS)}
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the scenarios still to run once this many seconds have passed (results so far are kept)")
     p.add_argument("--minilm", type=Path, help="MiniLM folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--nomic", type=Path, help="NomicBert folder instead of the seeded random full-size one")
+    p.add_argument("--reranker", type=Path,
+                   help="cross-encoder folder instead of the seeded ms-marco-MiniLM-L-6-v2-sized one")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     p.add_argument("--date", help="date in the file names (default today, YYYY-MM-DD)")
     return p
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     needs_minilm = any(name in scenarios.SCENARIOS for name in names)  # the GPU rows run NomicBert only
     ctx = scenarios.Context(profile=profile, device=args.device,
                             minilm=args.minilm or (default_minilm() if needs_minilm else Path()),
-                            nomic=args.nomic, peers=not args.no_peers, work=work, peer_python=args.peer_python)
+                            nomic=args.nomic, reranker=args.reranker, peers=not args.no_peers, work=work,
+                            peer_python=args.peer_python)
     versions: dict = {}
     start_m = report.machine(gpu.dtype(ctx) if args.device == "cuda" else "float32", args.device, versions)
     started = time.monotonic()
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("== %s done in %.0f s", name, time.monotonic() - t0)
         report.write({**result, "elapsed_s": time.monotonic() - started, "targets": report.targets(ctx.rows)},
                      args.out, plots=False)  # what ran so far survives a run cut short
-    for key in ("ours", "ours_nomic", "ours_gpu", "ours_forward"):
+    for key in ("ours", "ours_nomic", "ours_gpu", "ours_forward", "ours_moe"):
         if key in ctx.info:
             versions.update(ctx.info[key].get("versions", {}))
             break

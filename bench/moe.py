@@ -25,10 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from bench import checkpoint, inputs
 from bench.scenarios import Context, best, make_row, ours_runner
+from model.encoder import cpu_has_native_bf16
 
 log = logging.getLogger("bench")
 FIXTURE = checkpoint.DATA / "golden" / "nomic-moe" / "nomic-moe-tiny"
@@ -152,6 +154,23 @@ def expert_variants(moe: torch.nn.Module, config, dtype: torch.dtype) -> dict[st
             "stacked expert weights, torch.matmul per expert": stacked.eval()}
 
 
+def bf16_pair(config) -> dict[str, torch.nn.Module]:
+    """A random MoE FFN and a dense FFN of its active width in bf16 on the CPU fast path (what `--dtype auto` runs on
+    CPUs with native bf16): the same comparison in the dtype this box serves in."""
+    from model import cpu_linear
+    from model.nomic_bert import MLP, MoE
+
+    pair = {"moe_ffn_bf16": MoE(config), "dense_ffn_bf16": MLP(config.n_embd, config.moe_top_k * config.n_inner,
+                                                               "gelu", True, True)}
+    with torch.no_grad():
+        for module in pair.values():
+            for p in module.parameters():
+                p.normal_(0, 0.02)
+            module.to(torch.bfloat16).eval()
+            cpu_linear.install(module)
+    return pair
+
+
 def moe(ctx: Context) -> None:
     p = ctx.profile
     from model.encoder import Encoder
@@ -197,30 +216,57 @@ def moe(ctx: Context) -> None:
         enc.model(pack(inputs.id_batch(lengths, seed=8, vocab=(3, 1900))))
         for h in hooks:
             h.remove()
-        ffn_in = seen["ffn"][0]
+        # the random checkpoint routes most tokens to a few experts; a trained v2-moe is load-balanced (its aux
+        # loss), so the FFN rows also run on inputs the router spreads evenly (layer-normed Gaussian vectors)
+        natural = seen["ffn"][0]
+        g = torch.Generator().manual_seed(9)
+        balanced = F.layer_norm(torch.randn(natural.shape, generator=g), natural.shape[-1:])
         variants = expert_variants(layer.mlp, c, enc.dtype)
-        times = in_turns({
-            "moe_ffn": lambda: layer.mlp(ffn_in),
-            "dense_ffn": lambda: twin.mlp(ffn_in),
-            "moe_layer": lambda: layer(*seen["layer"]),
-            "dense_layer": lambda: twin(*seen["layer"]),
-            **{name: lambda m=m: m(ffn_in) for name, m in variants.items()},
-        }, 3 * p.reps, 3 * p.max_s)
-        routed = torch.bincount(layer.mlp.router(ffn_in)[1].flatten(), minlength=c.num_experts).tolist()
-    ffn_flops = len(ffn_in) * (2 * c.n_embd * c.num_experts + c.moe_top_k * 4 * c.n_embd * c.n_inner)
-    common = {"model": model_name, "tokens": len(ffn_in), "lengths": lengths, "tokens_per_expert": routed,
-              "linear_kernel": enc.linear_kernel}
-    for part, what in (("ffn", "FFN"), ("layer", "whole layer (attention + FFN)")):
-        moe_ms, dense_ms = 1e3 * times[f"moe_{part}"], 1e3 * times[f"dense_{part}"]
-        ctx.rows.append(make_row("moe", f"MoE {what} vs dense of the same active FLOPs, {len(ffn_in)} tokens", "ms",
-                                 moe_ms, f"dense {what} (inner {c.moe_top_k} x {c.n_inner})", dense_ms,
-                                 better="lower", metric=f"moe_vs_dense_{part}", time_ratio=moe_ms / dense_ms, **common))
-        log.info("moe %s: %.1f ms vs dense %.1f ms (%.2fx)", what, moe_ms, dense_ms, moe_ms / dense_ms)
+        bf16 = bf16_pair(c) if cpu_has_native_bf16() else {}
+        times: dict[tuple[str, int], float] = {}
+        for threads in sorted({1, enc.threads}):  # 1: what each encoder worker runs under load (--encoder-workers)
+            torch.set_num_threads(threads)
+            fns = {"moe_ffn": lambda: layer.mlp(balanced), "dense_ffn": lambda: twin.mlp(balanced),
+                   **{name: lambda m=m: m(balanced.bfloat16()) for name, m in bf16.items()}}
+            if threads == enc.threads:
+                fns |= {"moe_ffn_natural": lambda: layer.mlp(natural), "moe_layer": lambda: layer(*seen["layer"]),
+                        "dense_layer": lambda: twin(*seen["layer"]),
+                        **{name: lambda m=m: m(balanced) for name, m in variants.items()}}
+            times |= {(name, threads): t for name, t in in_turns(fns, 3 * p.reps, 3 * p.max_s).items()}
+        torch.set_num_threads(enc.threads)
+        spread = {label: torch.bincount(layer.mlp.router(x)[1].flatten(), minlength=c.num_experts).tolist()
+                  for label, x in (("balanced", balanced), ("natural", natural))}
+    T, all_threads = len(natural), enc.threads
+    common = {"model": model_name, "tokens": T, "lengths": lengths, "linear_kernel": enc.linear_kernel}
+    rows = [("ffn", "FFN", "dense FFN", "balanced", "", threads) for threads in sorted({1, all_threads})]
+    rows += [("ffn_bf16", "FFN", "dense FFN", "balanced", ", bf16", threads) for threads in sorted({1, all_threads})
+             if bf16]
+    rows += [("layer", "whole layer (attention + FFN)", "dense layer", "natural", "", all_threads)]
+    for part, what, peer, routing, tag, threads in rows:
+        key = "_ffn_bf16" if part == "ffn_bf16" else f"_{part}"
+        moe_ms, dense_ms = 1e3 * times[("moe" + key, threads)], 1e3 * times[("dense" + key, threads)]
+        ctx.rows.append(make_row(
+            "moe", f"MoE {what} vs dense of the same active FLOPs{tag}, {T} tokens, {routing} routing, "
+            f"{threads} thread{'s' if threads > 1 else ''}", "ms", moe_ms,
+            f"{peer} (inner {c.moe_top_k} x {c.n_inner}){tag}", dense_ms, better="lower",
+            metric=f"moe_vs_dense_{part}", time_ratio=moe_ms / dense_ms, threads=threads, routing=routing,
+            tokens_per_expert=spread[routing], dtype="bfloat16" if tag else "float32", **common))
+        log.info("moe %s%s %s, %d threads: %.1f ms vs dense %.1f ms (%.2fx)", what, tag, routing, threads, moe_ms,
+                 dense_ms, moe_ms / dense_ms)
+    ctx.rows.append(make_row(
+        "moe", f"MoE FFN, natural vs balanced routing, {T} tokens, {all_threads} threads", "ms",
+        1e3 * times[("moe_ffn_natural", all_threads)], "balanced routing", 1e3 * times[("moe_ffn", all_threads)],
+        better="lower", metric="routing", tokens_per_expert=spread, **common))
     for name in variants:  # what the experts run on: ours (oneDNN per expert, on CPUs where it wins) vs the others
-        ctx.rows.append(make_row("moe", f"MoE FFN, {name}, {len(ffn_in)} tokens", "ms", 1e3 * times[name],
-                                 f"MoE FFN as shipped ({enc.linear_kernel} MLP per expert)", 1e3 * times["moe_ffn"],
-                                 better="lower", metric="expert_kernel", variant=name, **common))
-    ctx.rows.append(make_row("moe", f"MoE FFN utilisation ({len(ffn_in)} tokens, active FLOPs)", "% of matmul peak",
-                             100 * ffn_flops / times["moe_ffn"] / peak["best_flops"], "dense FFN, same FLOPs",
-                             100 * ffn_flops / times["dense_ffn"] / peak["best_flops"], metric="mfu_ffn", **common))
-    ctx.info["ours_moe"] = {"linear_kernel": enc.linear_kernel, "threads": enc.threads, "folder": folder.name}
+        ctx.rows.append(make_row("moe", f"MoE FFN, {name}, {T} tokens, balanced routing", "ms",
+                                 1e3 * times[(name, all_threads)], f"MoE FFN as shipped ({enc.linear_kernel} MLP per "
+                                 "expert)", 1e3 * times[("moe_ffn", all_threads)], better="lower",
+                                 metric="expert_kernel", variant=name, **common))
+    ffn_flops = T * (2 * c.n_embd * c.num_experts + c.moe_top_k * 4 * c.n_embd * c.n_inner)
+    ctx.rows.append(make_row("moe", f"MoE FFN utilisation ({T} tokens, active FLOPs, {all_threads} threads)",
+                             "% of matmul peak", 100 * ffn_flops / times[("moe_ffn", all_threads)] / peak["best_flops"],
+                             "dense FFN, same FLOPs",
+                             100 * ffn_flops / times[("dense_ffn", all_threads)] / peak["best_flops"], metric="mfu_ffn",
+                             **common))
+    ctx.info["ours_moe"] = {"linear_kernel": enc.linear_kernel, "threads": enc.threads, "folder": folder.name,
+                            "versions": {"torch": torch.__version__}}

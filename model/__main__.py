@@ -28,13 +28,12 @@ from model import inputs
 from model.errors import ModelError
 
 CHUNK_LINES = 4096  # lines tokenised and embedded together; bounds memory on huge files
-EXIT_REFUSED = 3  # the run finished, and some lines went to the errors file
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m model", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    embed = sub.add_parser("embed", help="embed a JSONL file", description=__doc__.split("\n\n")[1],
+    embed = sub.add_parser("embed", help="embed a JSONL file", description=__doc__.split("\n\n")[2],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     embed.add_argument("--model", required=True, help="local folder, hub id, or packaged:all-MiniLM-L6-v2")
     embed.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of a hub id")
@@ -65,16 +64,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def task_prefix(args: argparse.Namespace, prompts: dict[str, str]) -> str:
-    """--input-type through the model's prompts (as the server's input_type), else --prefix as given."""
-    if args.input_type is None:
-        return args.prefix
-    try:
-        return inputs.task_prefix(prompts, args.input_type)[1]
-    except inputs.Rejected as exc:
-        raise ModelError(f"--input-type: {exc.reason}") from None
-
-
 def read_chunks(path: Path) -> Iterator[list[tuple[int, str | list[int] | None, object, str | None]]]:
     """(line number, input, id, why the line is unusable) for each non-blank line, CHUNK_LINES at a time."""
     chunk: list[tuple[int, str | list[int] | None, object, str | None]] = []
@@ -101,7 +90,7 @@ def embed_file(args: argparse.Namespace) -> int:
     )
     if args.dimensions is not None and not 1 <= args.dimensions <= encoder.info.hidden_size:
         raise ModelError(f"--dimensions must be between 1 and {encoder.info.hidden_size}")
-    prefix = task_prefix(args, encoder.info.prompts)
+    prefix = inputs.job_prefix(encoder.info.prompts, args.input_type, args.prefix)
     errors_path = args.errors or args.output.with_name(args.output.name.removesuffix(".jsonl") + ".errors.jsonl")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     good = bad = 0
@@ -125,7 +114,7 @@ def embed_file(args: argparse.Namespace) -> int:
                     good += 1
             bar.update(len(chunk))
     print(f"embedded {good} lines to {args.output}, refused {bad} (reasons in {errors_path})", file=sys.stderr)
-    return EXIT_REFUSED if bad else 0
+    return inputs.EXIT_REFUSED if bad else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ A row says, for one `model_type` and kind (an embedder, or a cross-encoder that 
 and the function mapping `config.json`'s forms onto it (`model/config_forms.py`), the model class (one file per
 family), the checkpoint's weight-key map (`model/weights.py`) and the defaults the folder may leave out (pooling,
 task prefixes, Matryoshka). `Encoder.load` and `read_spec` only look rows up; adding a family is one model file and
-one row. Rows of one `model_type` are told apart by `when` (a predicate on `config.json`), first match wins.
+one row (a variant of a family, e.g. NomicBert's MoE layers, is chosen by its config, inside its row).
 
 Every config dataclass offers `vocab_size`, `hidden_size` and `position_limit` (the longest input its position
 table allows, None for rotary models).
@@ -49,7 +49,6 @@ class Architecture:
     model: Callable[[Any], nn.Module]  # config -> the model (called on the meta device)
     weights: Callable[[dict[str, torch.Tensor], Any], dict[str, torch.Tensor]]  # checkpoint keys -> the model's
     pooling: tuple[str, ...] = ("mean",)  # sentence-transformers pooling modes when the folder has no 1_Pooling
-    when: Callable[[dict[str, Any]], bool] = lambda raw: True
     matryoshka: bool = False  # trained for truncated `dimensions` whatever the folder says (nomic)
     matryoshka_layer_norm: bool = False  # nomic-embed v1.5's recipe: layer_norm before truncating
     prompts: dict[str, str] = field(default_factory=dict)  # task prefixes when the folder names none
@@ -57,12 +56,19 @@ class Architecture:
     experts: Callable[[Any], dict[str, int | list[int]] | None] = lambda config: None  # MoE layout, for /v1/models
 
 
+def bert_scorer(config: BertConfig) -> SequenceScorer:
+    return SequenceScorer(Bert(config), FirstTokenHead(config))
+
+
+def modernbert_scorer(config: ModernBertConfig) -> SequenceScorer:
+    return SequenceScorer(ModernBert(config), ModernBertHead(config))
+
+
 ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture(
-        "NomicBertModel", "nomic_bert", EMBEDDING, NomicBertConfig, config_forms.nomic_values, NomicBert,
-        weights.map_nomic, matryoshka=True, matryoshka_layer_norm=True, prompts=NOMIC_PROMPTS, limit_key="n_positions",
-        experts=NomicBertConfig.experts,
-    ),
+    # embedders
+    Architecture("NomicBertModel", "nomic_bert", EMBEDDING, NomicBertConfig, config_forms.nomic_values, NomicBert,
+                 weights.map_nomic, matryoshka=True, matryoshka_layer_norm=True, prompts=NOMIC_PROMPTS,
+                 limit_key="n_positions", experts=NomicBertConfig.experts),
     Architecture("BertModel", "bert", EMBEDDING, BertConfig, dict, Bert, weights.map_bert),
     Architecture("DistilBertModel", "distilbert", EMBEDDING, BertConfig, config_forms.distilbert_values, Bert,
                  weights.map_bert),
@@ -71,15 +77,13 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("ModernBertModel", "modernbert", EMBEDDING, ModernBertConfig, config_forms.modernbert_values,
                  ModernBert, weights.map_modernbert),
     # cross-encoders: the same bodies under their classification heads
-    Architecture("BertForSequenceClassification", "bert", RERANKER, BertConfig, classifier(dict),
-                 lambda c: SequenceScorer(Bert(c), FirstTokenHead(c)), weights.map_scorer(weights.map_bert,
-                                                                                          weights.BERT_HEAD),
-                 pooling=("cls",)),
+    Architecture("BertForSequenceClassification", "bert", RERANKER, BertConfig, classifier(dict), bert_scorer,
+                 weights.map_scorer(weights.map_bert, weights.BERT_HEAD), pooling=("cls",)),
     Architecture("XLMRobertaForSequenceClassification", "xlm-roberta", RERANKER, BertConfig,
-                 classifier(config_forms.xlmr_values), lambda c: SequenceScorer(Bert(c), FirstTokenHead(c)),
+                 classifier(config_forms.xlmr_values), bert_scorer,
                  weights.map_scorer(weights.map_bert, weights.ROBERTA_HEAD), pooling=("cls",)),
     Architecture("ModernBertForSequenceClassification", "modernbert", RERANKER, ModernBertConfig,
-                 classifier(config_forms.modernbert_values), lambda c: SequenceScorer(ModernBert(c), ModernBertHead(c)),
+                 classifier(config_forms.modernbert_values), modernbert_scorer,
                  weights.map_scorer(weights.map_modernbert, weights.MODERNBERT_HEAD)),
 )
 
@@ -100,7 +104,7 @@ def lookup(raw: dict[str, Any], kind: str = EMBEDDING) -> Architecture:
         known = ", ".join(sorted({a.model_type for a in ARCHITECTURES}))
         raise ConfigError(f"model_type={model_type!r} is not supported (one of {known})")
     for row in rows:
-        if row.kind == kind and row.when(raw):
+        if row.kind == kind:
             return row
     kinds = sorted({a.kind for a in rows})
     raise ConfigError(f"model_type={model_type!r} is supported as {' and '.join(kinds)} only, not as {kind}")

@@ -224,11 +224,12 @@ class Encoder:
             raise ModelError(f"{self.info.name} has no tokenizer.json: send token ids")
         return self.tokenizer.encode(texts, prefix)
 
-    def truncate(self, ids: Sequence[int], limit: int | None = None) -> list[int]:
+    def truncate(self, ids: Sequence[int], limit: int | None = None, left: bool = False) -> list[int]:
+        """Cut to `limit` tokens keeping the special tokens; `left` drops the start of the text instead of its end."""
         limit = limit or self.info.max_input_tokens
         if self.tokenizer is None:
-            return list(ids[:limit])
-        return self.tokenizer.truncate(ids, limit)
+            return list(ids[len(ids) - limit :] if left else ids[:limit])
+        return self.tokenizer.truncate(ids, limit, left)
 
     def windows(self, ids: Sequence[int], limit: int | None = None) -> list[list[int]]:
         limit = limit or self.info.max_input_tokens
@@ -299,10 +300,23 @@ class Encoder:
         vectors = self.chain(out, packed) if self.chain is not None else out  # pooled (B, width) fp32
         return vectors.cpu().numpy()
 
-    def finish(self, pooled: np.ndarray, dimensions: int | None = None) -> np.ndarray:
+    def finish(self, pooled: np.ndarray, dimensions: int | None = None, normalize: bool = True) -> np.ndarray:
         if dimensions is not None and not 1 <= dimensions <= self.info.hidden_size:
             raise InputError(f"dimensions must be between 1 and {self.info.hidden_size}, got {dimensions}")
-        return pooling.finish(pooled, dimensions, self.spec.matryoshka_layer_norm)
+        return pooling.finish(pooled, dimensions, self.spec.matryoshka_layer_norm, normalize)
+
+    @torch.inference_mode()
+    def token_vectors(self, batch: Sequence[Sequence[int]], threads: int | None = None) -> list[np.ndarray]:
+        """Each sequence's last hidden states, (T_i, E) float32, unpooled (TEI's /embed_all)."""
+        if self.info.kind != EMBEDDING:
+            raise ModelError(f"{self.info.name} is a {self.info.kind} ({self.info.architecture}): it scores pairs")
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or self.threads)
+        packed = self.prepare(batch)
+        if self.device.type != "cpu":
+            packed = packed.to(self.device)
+        hidden = self._forward(packed).float().cpu().numpy()  # (T, E), the sequences one after another
+        return np.split(hidden, np.cumsum([len(ids) for ids in batch])[:-1])
 
     def embed(
         self, batch: Sequence[Sequence[int]], dimensions: int | None = None, max_batch_tokens: int = 16384
@@ -348,6 +362,8 @@ class Encoder:
         if self.info.kind != RERANKER:
             raise ModelError(f"{self.info.name} is an {self.info.kind} model ({self.info.architecture}): it cannot "
                              "score pairs")
+        if not pairs:
+            return np.empty(0, dtype=np.float32)
         types = [p.token_types for p in pairs] if getattr(self.spec.arch, "type_vocab_size", 0) > 1 else None
         return self.pooled([p.ids for p in pairs], types, threads)[:, 0]
 

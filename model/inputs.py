@@ -4,7 +4,8 @@
     task_prefix                 an input_type (or alias) -> the model's task prefix
     fit                         the long-input rule: error | truncate | chunk -> the input's windows
     mean_of_windows             a chunked input's windows -> one pooled vector (token-weighted mean)
-    read_record / prepare_inputs / embed_inputs   the offline jobs' JSONL lines, and the rules over many inputs
+    read_record / job_prefix / prepare_inputs / embed_inputs   the offline jobs: JSONL lines, --input-type, and the
+                                                              rules over many inputs
 
 Pure functions over an `Encoder` (tokenizer, limits, device work); no HTTP. A refusal is a `Rejected` carrying the API
 error code and a reason that completes "Input 3 ...", so every surface words an error the same way.
@@ -69,14 +70,16 @@ def task_prefix(prompts: Mapping[str, str], input_type: str | None) -> tuple[str
     return name, prompts[name]
 
 
-def fit(encoder, ids: list[int], mode: str, from_text: bool) -> list[list[int]]:
+def fit(encoder, ids: list[int], mode: str, from_text: bool, left: bool = False) -> list[list[int]]:
     """The long-input rule -> the input's windows (one unless chunked). Tokenised text keeps its [CLS]/[SEP] in
     every piece; token ids given by the caller are cut exactly as given."""
     limit = encoder.info.max_input_tokens
     if len(ids) <= limit:
         return [ids]
     if mode == "truncate":
-        return [encoder.truncate(ids) if from_text else ids[:limit]]
+        if from_text:
+            return [encoder.truncate(ids, left=left)]
+        return [ids[len(ids) - limit :] if left else ids[:limit]]
     if mode == "chunk":
         return encoder.windows(ids) if from_text else [ids[i : i + limit] for i in range(0, len(ids), limit)]
     raise Rejected("context_length_exceeded", f"has {len(ids)} tokens, over this model's maximum of {limit}")
@@ -93,6 +96,17 @@ def mean_of_windows(pooled: Sequence[np.ndarray], lengths: Sequence[int]) -> np.
 
 # ---- over many inputs: the offline jobs (`python -m model embed`, with or without Ray) ----------------------------
 RECORD_SHAPE = 'expected {"text": "..."} or {"input_ids": [...]}'
+EXIT_REFUSED = 3  # a job's exit status when it finished and some inputs were refused
+
+
+def job_prefix(prompts: Mapping[str, str], input_type: str | None, prefix: str) -> str:
+    """A job's text prefix: --input-type through the model's prompts (as the server's input_type), else --prefix."""
+    if input_type is None:
+        return prefix
+    try:
+        return task_prefix(prompts, input_type)[1]
+    except Rejected as exc:
+        raise InputError(f"--input-type: {exc.reason}") from None
 
 
 def read_record(raw: bytes | str) -> tuple[str | list[int] | None, object, str | None]:

@@ -111,8 +111,11 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def finish(pooled: np.ndarray, dimensions: int | None, matryoshka_layer_norm: bool) -> np.ndarray:
-    """(N, E) float32 pooled vectors -> (N, dimensions or E) float32 unit vectors."""
+def finish(
+    pooled: np.ndarray, dimensions: int | None, matryoshka_layer_norm: bool, normalize: bool = True
+) -> np.ndarray:
+    """(N, E) float32 pooled vectors -> (N, dimensions or E) float32 unit vectors (raw ones when not `normalize`:
+    the Matryoshka recipe's layer_norm and truncation still apply)."""
     x = pooled.astype(np.float32, copy=False)
     if dimensions is not None and dimensions < x.shape[-1]:
         if matryoshka_layer_norm:
@@ -120,4 +123,4 @@ def finish(pooled: np.ndarray, dimensions: int | None, matryoshka_layer_norm: bo
             var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
             x = ((x - mean) / np.sqrt(var + 1e-5)).astype(np.float32)
         x = x[:, :dimensions]
-    return l2_normalize(x).astype(np.float32, copy=False)
+    return (l2_normalize(x) if normalize else x).astype(np.float32, copy=False)

@@ -322,14 +322,13 @@ def embed_with_ray(args: argparse.Namespace) -> int:
         raise ModelError(f"--input {args.input} does not exist")
     if args.workers < 1 or args.gpus_per_worker < 0:
         raise ModelError("--workers must be at least 1 and --gpus-per-worker at least 0")
-    from model.__main__ import EXIT_REFUSED, task_prefix
     from model.config import read_spec
     from model.weights import resolve_model_dir
 
     spec = read_spec(resolve_model_dir(args.model, args.revision), args.max_input_tokens)
     if args.dimensions is not None and not 1 <= args.dimensions <= spec.hidden_size:
         raise ModelError(f"--dimensions must be between 1 and {spec.hidden_size}")
-    prefix = task_prefix(args, dict(spec.prompts))
+    prefix = inputs.job_prefix(spec.prompts, args.input_type, args.prefix)
 
     batch_rows = rows_per_batch(args.batch_tokens)
     source = RowsSource(args.input, batch_rows)
@@ -359,7 +358,7 @@ def embed_with_ray(args: argparse.Namespace) -> int:
     rate = f"{steady:.1f} rows/s once running" if steady else "too few batches for a rate"
     print(f"embedded {good} rows to {output}, refused {bad} (reasons in {output / ERRORS}) in {seconds:.1f} s, "
           f"{rate}", file=sys.stderr)
-    return EXIT_REFUSED if bad else 0
+    return inputs.EXIT_REFUSED if bad else 0
 
 
 def pipeline(args: argparse.Namespace, source: RowsSource, output: Path, prefix: str) -> ray.data.Dataset:

@@ -59,12 +59,38 @@ class Tokenizer:
     def tokens(self, ids: Sequence[int]) -> list[str]:
         return [self._tok.id_to_token(i) or "" for i in ids]
 
-    def truncate(self, ids: Sequence[int], limit: int) -> list[int]:
-        """Cut to `limit` tokens, keeping the trailing special tokens (as the tokenizer's own truncation would)."""
+    def truncate(self, ids: Sequence[int], limit: int, left: bool = False) -> list[int]:
+        """Cut to `limit` tokens, keeping the special tokens (as the tokenizer's own truncation would): from the end
+        of the text, or with `left` from its start (what TEI's truncation_direction Left does)."""
         if len(ids) <= limit:
             return list(ids)
+        if left:
+            head = self.head_specials if limit > self.head_specials + self.tail_specials else 0
+            tail = self.tail_specials if head else 0
+            body = list(ids[head : len(ids) - tail])
+            return list(ids[:head]) + body[len(body) - (limit - head - tail) :] + (list(ids[-tail:]) if tail else [])
         tail = self.tail_specials if limit > self.tail_specials else 0
         return list(ids[: limit - tail]) + (list(ids[-tail:]) if tail else [])
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def detailed(
+        self, text: str, add_special_tokens: bool = True
+    ) -> list[tuple[int, str, bool, int | None, int | None]]:
+        """(id, text, special, start, stop) per token, as TEI's /tokenize gives them: a special token's own string
+        and no offsets; any other token's piece of `text` and its UTF-8 byte offsets in `text`."""
+        enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
+        byte_at = [0]
+        for ch in text:
+            byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+        out: list[tuple[int, str, bool, int | None, int | None]] = []
+        for id_, token, special, (start, stop) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets):
+            if special:
+                out.append((id_, token, True, None, None))
+            else:
+                out.append((id_, text[start:stop], False, byte_at[start], byte_at[stop]))
+        return out
 
     def windows(self, ids: Sequence[int], limit: int) -> list[list[int]]:
         """Split a long input into windows of at most `limit` tokens, each wrapped in the special tokens."""

@@ -42,9 +42,9 @@ async def require_ready(rt: Runtime = Depends(get_runtime)) -> Runtime:
 
 
 def pick_model(rt: Runtime, request: Request, name: str | None, kind: str = EMBEDDING) -> ServedModel:
-    """The model a request names (the default when it names none): 404 if unknown, 400 if not of `kind`. From here
-    on the request's metrics carry that model's label."""
-    return rt.bind(request.scope["state"], rt.model(name)).require(kind)
+    """The model a request names (when it names none, the first of `kind`): 404 if unknown, 400 if not of `kind`.
+    From here on the request's metrics carry that model's label."""
+    return rt.bind(request.scope["state"], rt.model(name, kind)).require(kind)
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

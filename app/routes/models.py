@@ -1,15 +1,17 @@
-"""GET /v1/models: every served model, in OpenAI's list shape, with its kind and what a client needs to budget and
-choose."""
+"""GET /v1/models (and Infinity's GET /models): every served model, in OpenAI's list shape, with its kind and what a
+client needs to budget and choose."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
 from app.routes.common import require_api_key, require_ready
-from app.runtime import Runtime, ServedModel
+from app.runtime import EMBEDDING, RERANKER, Runtime, ServedModel
 from app.schemas import Experts, ModelCard, ModelList
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+infinity = APIRouter(dependencies=[Depends(require_api_key)], tags=["Infinity"])
+CAPABILITIES = {EMBEDDING: ["embed"], RERANKER: ["rerank"]}  # Infinity's names
 
 
 def card(rt: Runtime, served: ServedModel) -> ModelCard:
@@ -17,6 +19,7 @@ def card(rt: Runtime, served: ServedModel) -> ModelCard:
     return ModelCard(
         id=served.name,
         kind=served.kind,
+        capabilities=CAPABILITIES[served.kind],
         created=rt.created,
         max_input_tokens=info.max_input_tokens,
         max_input_tokens_source=info.limit_source,
@@ -37,6 +40,11 @@ def card(rt: Runtime, served: ServedModel) -> ModelCard:
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(rt: Runtime = Depends(require_ready)) -> ModelList:
     return ModelList(data=[card(rt, served) for served in rt.models.values()])
+
+
+@infinity.get("/models", response_model=ModelList, summary="Infinity's /models: the same list as /v1/models")
+async def infinity_models(rt: Runtime = Depends(require_ready)) -> ModelList:
+    return await list_models(rt)
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)

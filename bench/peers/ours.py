@@ -80,6 +80,32 @@ def time_ids(batches: list[list[list[int]]], warmup: int, reps: int, max_s: floa
     return {"times": times, "tokens": sum(len(s) for b in batches for s in b), "n": sum(len(b) for b in batches)}
 
 
+def _ranked_chunks(documents: list[str], batch_size: int) -> list[list[str]]:
+    """Documents longest first (by characters), cut into batches: what CrossEncoder.predict does with pairs."""
+    ordered = sorted(documents, key=len, reverse=True)
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def score_pairs(query: str, documents: list[str]) -> dict:
+    """A cross-encoder's scores (its activation applied) for the query against each document, in order."""
+    enc = _enc()
+    return {"scores": enc.activate(enc.score(enc.tokenize_pairs(query, documents, truncate=True))).tolist()}
+
+
+def time_pairs(query: str, documents: list[str], batch_size: int, warmup: int, reps: int, max_s: float) -> dict:
+    """Text in, scores out: tokenise the pairs, one forward per `batch_size` pairs, the activation."""
+    enc = _enc()
+    chunks = _ranked_chunks(documents, batch_size)
+
+    def run() -> None:
+        for chunk in chunks:
+            enc.activate(enc.score(enc.tokenize_pairs(query, chunk, truncate=True)))
+
+    times = common.timed(run, warmup, reps, max_s)
+    tokens = sum(len(p) for p in enc.tokenize_pairs(query, documents, truncate=True))
+    return {"times": times, "tokens": tokens, "n": len(documents)}
+
+
 def _sync() -> None:
     if _enc().device.type == "cuda":
         torch.cuda.synchronize()
@@ -163,5 +189,6 @@ def matmul_peak(n: int = 4096, dtype: str = "float32", max_s: float = 4.0, threa
 
 if __name__ == "__main__":
     common.serve({"load": load, "embed_texts": embed_texts, "embed_ids": embed_ids, "time_texts": time_texts,
-                  "time_ids": time_ids, "time_forward": time_forward, "gemm_ceiling": gemm_ceiling, "flops": flops,
+                  "time_ids": time_ids, "score_pairs": score_pairs, "time_pairs": time_pairs,
+                  "time_forward": time_forward, "gemm_ceiling": gemm_ceiling, "flops": flops,
                   "matmul_peak": matmul_peak})

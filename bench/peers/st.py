@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import torch
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 state: dict = {}
 
@@ -35,6 +35,23 @@ def load(model: str, dtype: str = "float32", threads: int | None = None, device:
     }
 
 
+def load_cross_encoder(model: str, threads: int | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    state["ce"] = CrossEncoder(model, device="cpu")
+    return {"dtype": "float32", "threads": torch.get_num_threads(), "activation": str(state["ce"].activation_fn)}
+
+
+def score_pairs(query: str, documents: list[str]) -> dict:
+    return {"scores": state["ce"].predict([(query, d) for d in documents], batch_size=32).tolist()}
+
+
+def time_pairs(query: str, documents: list[str], batch_size: int, warmup: int, reps: int, max_s: float) -> dict:
+    ce, pairs = state["ce"], [(query, d) for d in documents]
+    times = common.timed(lambda: ce.predict(pairs, batch_size=batch_size), warmup, reps, max_s)
+    return {"times": times, "n": len(documents)}
+
+
 def embed_texts(texts: list[str]) -> dict:
     return {"vectors": state["st"].encode(texts, batch_size=len(texts), normalize_embeddings=True).tolist()}
 
@@ -48,4 +65,5 @@ def time_texts(texts: list[str], batch_size: int, warmup: int, reps: int, max_s:
 
 
 if __name__ == "__main__":
-    common.serve({"load": load, "embed_texts": embed_texts, "time_texts": time_texts})
+    common.serve({"load": load, "embed_texts": embed_texts, "time_texts": time_texts,
+                  "load_cross_encoder": load_cross_encoder, "score_pairs": score_pairs, "time_pairs": time_pairs})

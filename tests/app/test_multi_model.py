@@ -63,6 +63,7 @@ def test_settings_take_one_model_as_before_or_several_named(monkeypatch):
     for bad in (["a=/m/a", "a=/m/b"], ["=/m/a"], ["a="]):
         with pytest.raises(ValueError):
             Settings(model=bad)
+    assert Settings(model=["/m/a", "/m/b"], served_model_name="x").models == [("x", "/m/a"), ("/m/b", "/m/b")]
     with pytest.raises(ValueError, match="served_model_name"):
         Settings(model=["a=/m/a", "b=/m/b"], served_model_name="x")
 

@@ -28,4 +28,4 @@ def test_moe_scenario_smoke(tmp_path):
     assert all(r["ours"] > 0 for r in result["rows"])
     ffn = rows["moe_vs_dense_ffn"]["params"]
     assert ffn["time_ratio"] > 0 and sum(ffn["tokens_per_expert"]) == 2 * ffn["tokens"]  # top-2
-    assert any("MoE FFN time" in t["target"] for t in result["targets"])
+    assert any("MoE / dense time" in t["target"] for t in result["targets"])

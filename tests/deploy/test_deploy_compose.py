@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.settings import Settings
 from tests.deploy.conftest import setting_variables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +82,8 @@ def test_embeddings_service(config):
     variant, cfg = config
     service = cfg["services"]["embeddings"]
     env = service["environment"]
-    assert env["EMBED_MODEL"] == "nomic-ai/nomic-embed-text-v1.5"
+    models = Settings(model=env["EMBED_MODEL"]).models  # an embedder and a reranker, the embedder the default
+    assert models == [("nomic-ai/nomic-embed-text-v1.5",) * 2, ("BAAI/bge-reranker-base",) * 2]
     assert service["build"]["args"]["VARIANT"] == {"gpu": "cuda", "cpu": "cpu"}[variant]
     assert service["image"].startswith("nomic-embed-server:")
     assert [(p["target"], p["published"]) for p in service["ports"]] == [(8000, "8000")]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.settings import Settings
 from tests.deploy.conftest import setting_variables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,7 +119,8 @@ def test_probes_and_graceful_shutdown():
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "slow model loads (first download)"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert one("ConfigMap")["data"]["EMBED_MODEL"] == "nomic-ai/nomic-embed-text-v1.5"
+    models = Settings(model=one("ConfigMap")["data"]["EMBED_MODEL"]).models  # an embedder and a reranker
+    assert models == [("nomic-ai/nomic-embed-text-v1.5",) * 2, ("BAAI/bge-reranker-base",) * 2]
     assert env["HF_HOME"].startswith("/cache")
     (sleep,) = [int(arg) for arg in container["lifecycle"]["preStop"]["exec"]["command"][1:]]
     assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"

@@ -2,13 +2,13 @@
 
 The goldens were made one text at a time; here they are also run packed together with every other length, routed
 token by token where the golden records the router's choices (including a near-tie only an fp32 router gets right),
-through `Encoder.embed`, `python -m model embed` and a hub id served from the Hugging Face cache.
+through `Encoder.embed` and `python -m model embed` (the server: tests/app/test_nomic_moe_server.py; from the HF
+cache: tests/model/test_weight_formats.py).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -159,22 +159,3 @@ def test_python_m_model_embed(tmp_path):
     assert result.returncode == 0, result.stderr
     out = [o["embedding"] for o in read_jsonl(tmp_path / "out.jsonl")]
     np.testing.assert_allclose(out, [c["mean_pooled_l2"] for c in CASES], atol=ATOL)
-
-
-def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, encoder):
-    """v2-moe's Hub layout, as `snapshot_download` leaves it in HF_HOME, loads by its hub id, the hub unreachable."""
-    repo = tmp_path / "hf" / "hub" / "models--nomic-ai--nomic-embed-text-v2-moe"
-    revision = "fedcba9876543210fedcba9876543210fedcba98"
-    shutil.copytree(MOE, repo / "snapshots" / revision, ignore=shutil.ignore_patterns("golden.json"))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as hub_constants
-
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    cached = Encoder.load("nomic-ai/nomic-embed-text-v2-moe", device="cpu", dtype="float32")
-    ids = [c["input_ids"] for c in CASES]
-    np.testing.assert_array_equal(cached.embed(ids), encoder.embed(ids))
-    assert cached.info.prompts == {"query": "search_query: ", "passage": "search_document: "}

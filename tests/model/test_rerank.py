@@ -58,6 +58,7 @@ def test_pairs_of_every_case_packed_together(folder):
         want += [p["logit"] for p in case["pairs"]]
     assert len({len(p) for p in pairs}) > 10
     np.testing.assert_allclose(enc.score(pairs), want, atol=ATOL)
+    assert enc.score([]).shape == (0,) and enc.tokenize_pairs("q", [], truncate=False) == []
 
 
 def test_kind_activation_and_info():

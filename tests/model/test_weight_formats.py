@@ -3,6 +3,7 @@ sharded safetensors, and a hub id served from the Hugging Face cache (offline mo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -72,28 +73,9 @@ def test_sharded_safetensors(tmp_path, expected):
     np.testing.assert_array_equal(embed(folder), expected)
 
 
-def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, expected):
-    """What `snapshot_download` left in HF_HOME earlier is used as is, with the hub unreachable."""
-    repo = tmp_path / "hf" / "hub" / "models--nomic-ai--nomic-embed-text-v1.5"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(NOMIC / "nomic-text-tiny", repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as hub_constants
-
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    enc = Encoder.load("nomic-ai/nomic-embed-text-v1.5", device="cpu", dtype="float32")
-    np.testing.assert_array_equal(enc.embed(enc.tokenize(TEXTS)), expected)
-
-
 def fake_hub_cache(tmp_path, monkeypatch, repo_id: str, folder) -> None:
     """`folder` as snapshot_download leaves a repo in HF_HOME: blobs named by hash, the snapshot's files (also in
     subfolders such as 1_Pooling/) symlinks to them, refs/main naming the revision; the hub unreachable."""
-    import hashlib
-
     repo = tmp_path / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}"
     revision = "89abcdef0123456789abcdef0123456789abcdef"
     (repo / "blobs").mkdir(parents=True)
@@ -114,12 +96,20 @@ def fake_hub_cache(tmp_path, monkeypatch, repo_id: str, folder) -> None:
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
 
 
+def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, expected):
+    """What `snapshot_download` left in HF_HOME earlier is used as is, with the hub unreachable."""
+    fake_hub_cache(tmp_path, monkeypatch, "nomic-ai/nomic-embed-text-v1.5", NOMIC / "nomic-text-tiny")
+    enc = Encoder.load("nomic-ai/nomic-embed-text-v1.5", device="cpu", dtype="float32")
+    np.testing.assert_array_equal(enc.embed(enc.tokenize(TEXTS)), expected)
+
+
 @pytest.mark.parametrize(
     "repo_id, folder",
     [
         ("nomic-ai/modernbert-embed-base", GOLDEN / "modernbert" / "modernbert-embed-tiny"),
         ("intfloat/multilingual-e5-base", GOLDEN / "xlmr" / "xlmr-e5-tiny"),
         ("BAAI/bge-m3", GOLDEN / "xlmr" / "xlmr-bge-m3-tiny"),
+        ("nomic-ai/nomic-embed-text-v2-moe", GOLDEN / "nomic-moe" / "nomic-moe-tiny"),
     ],
 )
 def test_embedders_from_the_hf_cache(tmp_path, monkeypatch, repo_id, folder):
