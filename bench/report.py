@@ -99,7 +99,7 @@ def _find(rows: list[dict], **match) -> dict | None:
     return None
 
 
-CPU_GROUPS = {"inprocess", "nomic", "server", "fastpath", "moe"}
+GPU_GROUPS = {"gpu_inprocess", "gpu_forward", "gpu_server"}
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -107,8 +107,8 @@ def targets(rows: list[dict]) -> list[dict]:
     from bench import gpu
 
     groups = {r["group"] for r in rows}
-    out = cpu_targets(rows) if groups & CPU_GROUPS or not groups else []
-    if groups & {"gpu_inprocess", "gpu_forward", "gpu_server"}:
+    out = cpu_targets(rows) if groups - GPU_GROUPS or not groups else []
+    if groups & GPU_GROUPS:
         out += [{**t, "issue": "11/23 (GPU)"} for t in gpu.targets(rows)]
     return out
 
