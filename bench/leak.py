@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                          "slope_mb_per_1000_requests": None if slope is None else round(slope, 2)}
     result = {"requests": args.requests, "concurrency": args.concurrency, "model": args.model, "dtype": args.dtype,
               "inputs_per_request": 10, "lengths": [5, 60], "warmup_requests": args.warmup,
-              "baseline_env": None if args.no_baseline else BASELINE_ENV, "elapsed_s": round(time.monotonic() - started),
+              "baseline_env": None if args.no_baseline else BASELINE_ENV,
+              "elapsed_s": round(time.monotonic() - started),
               "machine": {**info, "loadavg_end": list(os.getloadavg())}, "summary": summary, "samples": samples}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.date}-leak.json"

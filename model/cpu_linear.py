@@ -33,10 +33,11 @@ from model.activations import gelu_tanh
 log = logging.getLogger(__name__)
 
 # Both caches read their size once, when first used, so this must run before the process's first oneDNN primitive (the
-# encoder imports this module before it builds a model). setdefault: an operator's own value wins. Each linear shape
-# and row count takes two entries (the inner product and the matmul inside it): 256 hold 32 row counts of a 4-shape
-# encoder (BERT, MiniLM, NomicBert). ideep's cache in front of it made no measurable difference to a 16-row call (1 vs 1,024
-# entries), so it stays small: its entries keep primitives alive that oneDNN's own cache has already let go.
+# encoder imports this module before it builds a model). setdefault: an operator's own value wins. Each linear shape,
+# row count and thread count takes two entries (the inner product and the matmul inside it): 256 hold 32 (row count,
+# thread count) pairs of a 4-shape encoder (BERT, MiniLM, NomicBert). ideep's cache in front of it made no measurable
+# difference to a 16-row call (1 vs 1,024 entries), so it stays small: its entries keep primitives alive that oneDNN's
+# own cache has already let go.
 CACHE_ENTRIES = 256
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(CACHE_ENTRIES))
 os.environ.setdefault("LRU_CACHE_CAPACITY", "16")
