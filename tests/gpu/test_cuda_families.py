@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import GOLDEN, load_golden
-from tests.gpu.test_cuda_encoder import DEVICE, load, no_tf32  # noqa: F401 - the fixture applies here too
+from tests.gpu.conftest import load, needs_device
 
-pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = needs_device
 
 EMBEDDERS = [
     ("modernbert/modernbert-embed-tiny", "mean_pooled_l2"),
