@@ -5,8 +5,10 @@ hands them to `workers` worker threads (one by default), so the loop never block
 
 Scheduling:
 - class: interactive (priority 0) first. Bulk (1) runs when no interactive item waits, or when its
-  oldest item has waited `starvation_ms` and bulk got no batch in the last `starvation_ms`: bulk
-  always progresses, yet a query behind 10,000 bulk items waits about two batch times.
+  oldest item has waited `starvation_ms`, bulk got no batch in the last `starvation_ms` and the batch
+  dispatched last was interactive: bulk always progresses (at least every other batch), yet a query
+  behind 10,000 bulk items waits about two batch times, however long a batch takes. (Without the
+  every-other-batch rule, batches longer than `starvation_ms` made every dispatch "starved" bulk.)
 - batch: the class's oldest item plus its nearest neighbours by length (small padding), grown while
   `cost(lengths) <= max_batch_tokens` and size <= `max_batch_size`; an oversized item runs alone.
 - timing: a full batch goes at once; an idle worker waits up to `max_wait_ms` from the oldest item's
@@ -143,6 +145,7 @@ class Batcher(Generic[R]):
         self._inflight: list[_Job] = []  # the running jobs (at most `workers`), then at most one waiting ahead
         self._open: set[_Request] = set()
         self._last_bulk = float("-inf")
+        self._last_class = INTERACTIVE  # the class of the batch dispatched last
         self._last_arrival = float("-inf")
         self._sparse = True  # the latest request came more than max_wait after the one before it
         self._rate: float | None = None  # recent throughput, real tokens per compute second
@@ -347,7 +350,11 @@ class Batcher(Generic[R]):
             return INTERACTIVE
         if not self._by_len[INTERACTIVE]:
             return BULK
-        starved = now - self._oldest(BULK).arrival >= self._starvation and now - self._last_bulk >= self._starvation
+        starved = (
+            self._last_class == INTERACTIVE
+            and now - self._last_bulk >= self._starvation
+            and now - self._oldest(BULK).arrival >= self._starvation
+        )
         return BULK if starved else INTERACTIVE
 
     def _plan(self, cls: int) -> tuple[list[_Item], bool, float]:
@@ -378,6 +385,7 @@ class Batcher(Generic[R]):
             return
         if cls == BULK:
             self._last_bulk = now
+        self._last_class = cls
         preemptible = cls == BULK and not self._by_len[INTERACTIVE]
         if self._slots_claimed() > 0:  # others compute: this batch gets one slot
             parts, width = [items], 1
