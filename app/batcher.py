@@ -190,6 +190,13 @@ class Batcher(Generic[R]):
         self._task = self._loop.create_task(self._dispatcher(), name="batcher-dispatcher")
         self._task.add_done_callback(self._on_dispatcher_exit)
 
+    def check_room(self, tokens: int) -> None:
+        """Raise Overloaded unless `tokens` more fit in the queue: submit's own test, for callers that admit work
+        before they have its token ids."""
+        if self._queue_tokens + tokens > self.max_queue_tokens:
+            excess = self._queue_tokens + tokens - self.max_queue_tokens
+            raise Overloaded(max(1.0, excess / self._rate) if self._rate else 1.0)
+
     async def submit(
         self, items: Sequence[Sequence[int]], *, priority: int = 0, deadline: float | None = None
     ) -> list[R]:
@@ -203,10 +210,7 @@ class Batcher(Generic[R]):
             raise ValueError(f"priority must be 0 (interactive) or 1 (bulk), got {priority}")
         if not items:
             return []
-        tokens = sum(len(ids) for ids in items)
-        if self._queue_tokens + tokens > self.max_queue_tokens:  # all or nothing
-            excess = self._queue_tokens + tokens - self.max_queue_tokens
-            raise Overloaded(max(1.0, excess / self._rate) if self._rate else 1.0)
+        self.check_room(sum(len(ids) for ids in items))  # all or nothing
         now = self._loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline passed before the request was queued")

@@ -38,9 +38,20 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+def printable(text: str | None) -> str | None:
+    """Client text echoed into an error can hold lone surrogates (valid JSON escapes, not encodable as UTF-8):
+    they are written as `\\udXXX` escapes instead of failing the response."""
+    return text if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {
-        "error": {"message": message, "type": TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
+        "error": {
+            "message": printable(message),
+            "type": TYPES.get(status, "invalid_request_error"),
+            "param": printable(param),
+            "code": code,
+        }
     }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,9 +166,13 @@ class Encoder:
 
     # ---- input side -------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
+        return list(self.iter_tokenize(texts, prefix))
+
+    def iter_tokenize(self, texts: Sequence[str], prefix: str = "") -> Iterator[list[int]]:
+        """Each text's ids in order, tokenised a bounded slice of text at a time (model/tokenizer.py)."""
         if self.tokenizer is None:
             raise ModelError(f"{self.info.name} has no tokenizer.json: send token ids")
-        return self.tokenizer.encode(texts, prefix)
+        return self.tokenizer.iter_encode(texts, prefix)
 
     def check_ids(self, ids: Sequence[int]) -> None:
         if not ids:

@@ -1,14 +1,23 @@
 """The folder's `tokenizer.json` through `tokenizers`, with padding and truncation switched off: lengths are exact,
-and truncation happens only when the caller asks (keeping the trailing special tokens, e.g. [SEP])."""
+and truncation happens only when the caller asks (keeping the trailing special tokens, e.g. [SEP]).
+
+Memory is bounded by the text handed to one `tokenizers` call, not by the input: an Encoding holds offsets, token
+strings and alignments, ~160 bytes per character of text (a 2 M-character text peaks at +325 MB whole, +26 MB in
+64 K-character slices; AMD EPYC Zen 4). So `encode` feeds `tokenizers` at most SLICE_CHARS characters per call: short
+texts in groups, a longer text in slices cut just before a whitespace character, whose ids are the same as the whole
+text's (the pre-tokenizers of BERT, XLM-R and ModernBERT all split there; tests/model/test_tokenizer.py checks).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
 from model.errors import ModelError
+
+SLICE_CHARS = 65_536  # characters of text per `tokenizers` call (~10 MB of Encodings); see the module docstring
 
 
 class Tokenizer:
@@ -23,6 +32,8 @@ class Tokenizer:
         mask = probe.special_tokens_mask
         self.head_specials = next((i for i, m in enumerate(mask) if not m), len(mask))
         self.tail_specials = next((i for i, m in enumerate(reversed(mask)) if not m), 0)
+        self._head = list(probe.ids[: self.head_specials])  # what the post-processor wraps a single text in
+        self._tail = list(probe.ids[len(probe.ids) - self.tail_specials :])
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     @classmethod
@@ -31,9 +42,43 @@ class Tokenizer:
         return cls(path) if path.is_file() else None
 
     def encode(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
-        """Token ids with the model's special tokens, untruncated. Batch encoding runs in parallel in Rust."""
-        encodings = self._tok.encode_batch([prefix + t for t in texts] if prefix else list(texts))
-        return [e.ids for e in encodings]
+        """Token ids with the model's special tokens, untruncated."""
+        return list(self.iter_encode(texts, prefix))
+
+    def iter_encode(self, texts: Sequence[str], prefix: str = "") -> Iterator[list[int]]:
+        """Each text's token ids, in order, computed at most SLICE_CHARS characters per `tokenizers` call (a caller
+        that stops early never pays for the rest). Batch calls run in parallel in Rust."""
+        group: list[str] = []
+        size = 0
+        for text in texts:
+            if len(text) > SLICE_CHARS:
+                yield from self._encode_group(group)
+                group, size = [], 0
+                yield self._encode_long(prefix + text)
+                continue
+            group.append(prefix + text)
+            size += len(group[-1])
+            if size >= SLICE_CHARS:
+                yield from self._encode_group(group)
+                group, size = [], 0
+        yield from self._encode_group(group)
+
+    def _encode_group(self, group: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(group)] if group else []
+
+    def _encode_long(self, text: str) -> list[int]:
+        ids = list(self._head)
+        start = 0
+        while start < len(text):
+            batch = []  # a few slices per call, parallel in Rust, at most SLICE_CHARS characters in all
+            while start < len(text) and sum(map(len, batch)) < SLICE_CHARS:
+                end = cut_point(text, start + SLICE_CHARS // 4, lo=start + SLICE_CHARS // 8)
+                batch.append(text[start:end])
+                start = end
+            for e in self._tok.encode_batch(batch, add_special_tokens=False):
+                ids.extend(e.ids)
+        ids.extend(self._tail)
+        return ids
 
     def tokens(self, ids: Sequence[int]) -> list[str]:
         return [self._tok.id_to_token(i) or "" for i in ids]
@@ -51,3 +96,12 @@ class Tokenizer:
         body = list(ids[self.head_specials : len(ids) - self.tail_specials])
         step = max(1, limit - len(head) - len(tail))
         return [head + body[i : i + step] + tail for i in range(0, len(body), step)] or [list(ids)]
+
+
+def cut_point(text: str, at: int, lo: int = 0) -> int:
+    """The last position in (lo, at] just before a space or newline, where tokenising the two sides apart gives the
+    same ids as tokenising them together; `at` itself if there is none (a "word" that long is cut inside)."""
+    if at >= len(text):
+        return len(text)
+    best = max(text.rfind(" ", lo + 1, at + 1), text.rfind("\n", lo + 1, at + 1))
+    return best if best > lo else at

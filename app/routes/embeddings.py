@@ -7,7 +7,15 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.routes.common import check_model, json_body, parse_body, require_api_key, require_ready, unless_disconnected
+from app.routes.common import (
+    check_model,
+    dumps_list,
+    json_body,
+    parse_body,
+    require_api_key,
+    require_ready,
+    unless_disconnected,
+)
 from app.runtime import Runtime
 from app.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse
 from app.service import encode_vectors
@@ -23,6 +31,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in 
     openapi_extra=json_body(EmbeddingRequest),
 )
 async def create_embeddings(request: Request, rt: Runtime = Depends(require_ready)) -> Response:
+    rt.service.ensure_room()  # a full queue answers 429 before the body is even read
     req = await parse_body(request, EmbeddingRequest)
     check_model(rt, req.model)
     state = request.scope["state"]
@@ -32,12 +41,13 @@ async def create_embeddings(request: Request, rt: Runtime = Depends(require_read
     if result is None:  # client gone: nobody to answer (nginx's 499)
         return Response(status_code=499)
     state["tokens"], state["inputs"] = result.prompt_tokens, len(result.vectors)
+    data = [
+        {"object": "embedding", "index": i, "embedding": e}
+        for i, e in enumerate(encode_vectors(result.vectors, req.encoding_format))
+    ]
     body = {
         "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": e}
-            for i, e in enumerate(encode_vectors(result.vectors, req.encoding_format))
-        ],
+        "data": await dumps_list(data),
         "model": rt.model_name,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }

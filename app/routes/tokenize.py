@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from app.errors import APIError
 from app.routes.common import check_model, json_body, parse_body, require_api_key, require_ready
 from app.runtime import Runtime
 from app.schemas import TokenizedInput, TokenizeRequest, TokenizeResponse, Usage
@@ -21,11 +20,7 @@ async def tokenize(request: Request, rt: Runtime = Depends(require_ready)) -> To
     req = await parse_body(request, TokenizeRequest)
     check_model(rt, req.model)
     texts = [req.input] if isinstance(req.input, str) else req.input
-    rt.service.check_texts(texts)
-    if len(texts) > rt.settings.max_inputs_per_request:
-        raise APIError(400, f"Too many inputs: {len(texts)}", param="input", code="too_many_inputs")
-    _, prefix = rt.service.prefix_for(req.input_type)
-    ids = await rt.service.tokenize(texts, prefix)
+    ids = await rt.service.token_ids(texts, req.input_type)
     limit = rt.encoder.info.max_input_tokens
     data = [
         TokenizedInput(
