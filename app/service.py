@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,10 +29,12 @@ from model import inputs
 INTERACTIVE_MAX_INPUTS = 8  # requests this small (and short) jump ahead of bulk work
 INTERACTIVE_MAX_TOKENS = 1024
 INLINE_TOKENIZE_CHARS = 2048  # below this, tokenising on the event loop is cheaper than handing it to a thread
-# Admission's guess at a text's tokens before it is tokenised (the real count replaces it after): English prose runs
-# 4-5 characters a token on BERT vocabularies, docs and code 2.9-3.5 (README: character caps). A guess on the high
-# side of the count only makes a nearly full queue refuse a little early; it never refuses a request on its own, since
-# the guess is capped at max_tokens_per_request, well under max_queue_tokens.
+# Admission's guess at a request's tokens before it is tokenised (the real count replaces it when the items are
+# queued): 4 characters (or body bytes) a token, English prose on BERT vocabularies (4-5 measured; README: character
+# caps). A guess is capped at max_tokens_per_request (and max_queue_tokens), so it never refuses a request an empty
+# queue could take. Denser text (code 2.9-3.5, CJK ~1.2) is guessed short: such a request, admitted into a nearly full
+# queue, gets its 429 after tokenising instead, at most max_tokens_per_request tokens of work. A guess on the long
+# side would refuse work a tight queue (the overload test: 2,000 tokens) could hold.
 ADMISSION_CHARS_PER_TOKEN = 4
 LONG_HINT = "Shorten it, or set long_input to 'truncate' or 'chunk'."
 
@@ -140,9 +141,9 @@ class EmbeddingService:
         except inputs.Rejected as exc:
             raise rejected(exc, index, LONG_HINT) from None
 
-    def _over_budget(self, total: int, seen: int, n: int) -> APIError:
+    def _over_budget(self, total: int, exact: bool, seen: int, n: int) -> APIError:
         most = self.settings.max_tokens_per_request
-        counted = f"{total} tokens" if seen == n else f"over {most} tokens ({total} in its first {seen} of {n} inputs)"
+        counted = f"{total} tokens" if exact else f"over {most} tokens ({total} in the first {seen} of {n} inputs)"
         return APIError(
             400,
             f"The request has {counted}, over the per-request maximum of {most}",
@@ -158,11 +159,12 @@ class EmbeddingService:
         slice of text per call) and stops at the first text over the model's limit under 'error', or once the total
         passes max_tokens_per_request."""
         budget, total, out = self.settings.max_tokens_per_request, 0, []
-        for k, ids in enumerate(self.encoder.iter_tokenize(texts, prefix)):
+        for k, ids in enumerate(self.encoder.iter_tokenize(texts, prefix, stop_after=budget)):
             windows = [ids] if mode is None else self.fit(ids, where[k], mode, from_text=True)
             total += sum(map(len, windows))
-            if total > budget:
-                raise self._over_budget(total, k + 1, len(texts))
+            if total > budget:  # a text past the budget on its own was cut short: its count is a lower bound
+                exact = k + 1 == len(texts) and len(ids) <= budget
+                raise self._over_budget(total, exact, k + 1, len(texts))
             out.append(windows)
         return out
 
@@ -188,34 +190,24 @@ class EmbeddingService:
         return [windows[0] for windows in await self.tokenize(texts, prefix)]
 
     # ---- admission --------------------------------------------------------------------------------------------
-    def ensure_room(self) -> None:
-        """429 at once when the queue (with the requests being tokenised) has no room left: before a body is read."""
-        self._admit(1)
+    def admit(self, tokens: int) -> Admission:
+        """Hold a guess at a request's tokens against the queue until its items are queued: 429 at once when the
+        queue, with every request still being parsed or tokenised, has no room for it. Routes call it with the body's
+        size (`tokens_in_body`) before they read the body; `embed` narrows it to the request's own estimate."""
+        tokens = max(1, min(tokens, self.most_admitted))
+        self._check_room(tokens)
+        return Admission(self, tokens)
 
-    def _admit(self, tokens: int) -> None:
+    @property
+    def most_admitted(self) -> int:
+        """The largest guess admission holds: a guess alone never refuses a request an empty queue could take."""
+        return min(self.settings.max_tokens_per_request, self.settings.max_queue_tokens)
+
+    def _check_room(self, tokens: int) -> None:
         try:
             self.batcher.check_room(self.reserved_tokens + tokens)
         except Overloaded as exc:
             raise self._overloaded(exc) from None
-
-    @contextmanager
-    def reserve(self, tokens: int) -> Iterator[Callable[[], None]]:
-        """Admit `tokens` (or 429) and hold them until the request's items are queued (call the release) or it ends,
-        so requests being tokenised side by side see each other."""
-        self._admit(tokens)
-        self.reserved_tokens += tokens
-        held = True
-
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                self.reserved_tokens -= tokens
-
-        try:
-            yield release
-        finally:
-            release()
 
     def _overloaded(self, exc: Overloaded) -> APIError:
         self.metrics.rejected.labels("overloaded").inc()
@@ -243,7 +235,7 @@ class EmbeddingService:
             assert id_lists is not None
             counted = sum(min(len(x), limit) if mode == "truncate" else len(x) for x in id_lists)
             if counted > most:  # exact, and before the per-id checks
-                raise self._over_budget(counted, len(id_lists), len(id_lists))
+                raise self._over_budget(counted, True, len(id_lists), len(id_lists))
             for i, ids in enumerate(id_lists):
                 try:
                     inputs.check_ids(ids, self.info.vocab_size)
@@ -284,12 +276,14 @@ class EmbeddingService:
             plan.prepared[i].windows = windows
             plan.prepared[i].tokens = sum(map(len, windows))
 
-    async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
+    async def embed(self, req: EmbeddingRequest, admission: Admission | None = None) -> EmbeddingResult:
+        """The embeddings of a request, in input order. `admission`: what the route reserved before parsing."""
         plan = self.plan(req)
         prepared = plan.prepared
         todo = [prepared[i] for i in plan.todo]
         if todo:
-            with self.reserve(plan.estimate) as release:
+            with admission or self.admit(plan.estimate) as held:
+                held.resize(plan.estimate)
                 await self.windows(plan)
                 items = [w for p in todo for w in p.windows]
                 priority = {"interactive": 0, "bulk": 1}.get(req.priority or "")
@@ -297,7 +291,7 @@ class EmbeddingService:
                     small = len(items) <= INTERACTIVE_MAX_INPUTS and sum(map(len, items)) <= INTERACTIVE_MAX_TOKENS
                     priority = 0 if small else 1
                 deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
-                release()  # the items are queued (and counted there) in the same step as this
+                held.release()  # the items are queued (and counted there) in the same step as this
                 pooled = await self.submit(items, priority, deadline)
             means, at = [], 0
             for p in todo:
@@ -333,6 +327,38 @@ class EmbeddingService:
             ) from None
         except WorkerDied:
             raise APIError(503, "The encoder worker is not running", code="worker_died") from None
+
+
+class Admission:
+    """Tokens a request holds against the queue while it is parsed and tokenised (`EmbeddingService.admit`)."""
+
+    def __init__(self, service: EmbeddingService, tokens: int):
+        self.service, self.tokens = service, tokens
+        service.reserved_tokens += tokens
+
+    def resize(self, tokens: int) -> None:
+        """Hold `tokens` instead (a better estimate); 429 if the queue has no room for the increase."""
+        tokens = max(0, min(tokens, self.service.most_admitted))
+        if tokens > self.tokens:
+            self.service._check_room(tokens - self.tokens)
+        self.service.reserved_tokens += tokens - self.tokens
+        self.tokens = tokens
+
+    def release(self) -> None:
+        self.service.reserved_tokens -= self.tokens
+        self.tokens = 0
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def tokens_in_body(content_length: str | None) -> int:
+    """Admission's guess at a request's tokens from its body's size, before reading it: ADMISSION_CHARS_PER_TOKEN
+    bytes a token (token ids take 5-6 bytes each with the comma: a long guess); 0 when the size is unknown."""
+    return int(content_length) // ADMISSION_CHARS_PER_TOKEN if content_length and content_length.isdigit() else 0
 
 
 def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "") -> APIError:

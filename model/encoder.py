@@ -168,11 +168,14 @@ class Encoder:
     def tokenize(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
         return list(self.iter_tokenize(texts, prefix))
 
-    def iter_tokenize(self, texts: Sequence[str], prefix: str = "") -> Iterator[list[int]]:
-        """Each text's ids in order, tokenised a bounded slice of text at a time (model/tokenizer.py)."""
+    def iter_tokenize(
+        self, texts: Sequence[str], prefix: str = "", stop_after: int | None = None
+    ) -> Iterator[list[int]]:
+        """Each text's ids in order, tokenised a bounded slice of text at a time; a text past `stop_after` ids is cut
+        short there, for the caller to refuse (model/tokenizer.py)."""
         if self.tokenizer is None:
             raise ModelError(f"{self.info.name} has no tokenizer.json: send token ids")
-        return self.tokenizer.iter_encode(texts, prefix)
+        return self.tokenizer.iter_encode(texts, prefix, stop_after)
 
     def check_ids(self, ids: Sequence[int]) -> None:
         if not ids:

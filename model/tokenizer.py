@@ -45,16 +45,18 @@ class Tokenizer:
         """Token ids with the model's special tokens, untruncated."""
         return list(self.iter_encode(texts, prefix))
 
-    def iter_encode(self, texts: Sequence[str], prefix: str = "") -> Iterator[list[int]]:
+    def iter_encode(self, texts: Sequence[str], prefix: str = "", stop_after: int | None = None) -> Iterator[list[int]]:
         """Each text's token ids, in order, computed at most SLICE_CHARS characters per `tokenizers` call (a caller
-        that stops early never pays for the rest). Batch calls run in parallel in Rust."""
+        that stops early never pays for the rest). With `stop_after`, a long text is tokenised only until it has more
+        ids than that: what comes back for it is then a prefix of its ids, over `stop_after`, for the caller to
+        refuse. Batch calls run in parallel in Rust."""
         group: list[str] = []
         size = 0
         for text in texts:
             if len(text) > SLICE_CHARS:
                 yield from self._encode_group(group)
                 group, size = [], 0
-                yield self._encode_long(prefix + text)
+                yield self._encode_long(prefix + text, stop_after)
                 continue
             group.append(prefix + text)
             size += len(group[-1])
@@ -66,10 +68,12 @@ class Tokenizer:
     def _encode_group(self, group: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(group)] if group else []
 
-    def _encode_long(self, text: str) -> list[int]:
+    def _encode_long(self, text: str, stop_after: int | None) -> list[int]:
         ids = list(self._head)
         start = 0
         while start < len(text):
+            if stop_after is not None and len(ids) > stop_after:
+                return ids
             batch = []  # a few slices per call, parallel in Rust, at most SLICE_CHARS characters in all
             while start < len(text) and sum(map(len, batch)) < SLICE_CHARS:
                 end = cut_point(text, start + SLICE_CHARS // 4, lo=start + SLICE_CHARS // 8)

@@ -18,7 +18,7 @@ from app.routes.common import (
 )
 from app.runtime import Runtime
 from app.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse
-from app.service import encode_vectors
+from app.service import encode_vectors, tokens_in_body
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 429, 503)}
@@ -31,13 +31,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in 
     openapi_extra=json_body(EmbeddingRequest),
 )
 async def create_embeddings(request: Request, rt: Runtime = Depends(require_ready)) -> Response:
-    rt.service.ensure_room()  # a full queue answers 429 before the body is even read
-    req = await parse_body(request, EmbeddingRequest)
-    check_model(rt, req.model)
-    state = request.scope["state"]
-    if rt.settings.log_inputs:
-        state["input_text"] = req.input
-    result = await unless_disconnected(request, rt.service.embed(req))
+    # admission before the body is read: a queue with no room for a body this size answers 429 at once
+    with rt.service.admit(tokens_in_body(request.headers.get("content-length"))) as admission:
+        req = await parse_body(request, EmbeddingRequest)
+        check_model(rt, req.model)
+        state = request.scope["state"]
+        if rt.settings.log_inputs:
+            state["input_text"] = req.input
+        result = await unless_disconnected(request, rt.service.embed(req, admission))
     if result is None:  # client gone: nobody to answer (nginx's 499)
         return Response(status_code=499)
     state["tokens"], state["inputs"] = result.prompt_tokens, len(result.vectors)
