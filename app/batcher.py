@@ -16,6 +16,9 @@ Scheduling:
   after the one before it goes at once (waiting for company that is not coming only adds latency).
   At most one (full) batch waits ahead of the running ones; a bulk batch waiting there is taken back
   into the queue when an interactive item arrives.
+- host work ahead: with `prepare`, a packer thread runs `prepare(ids)` (the host side: packing, pinning) for each
+  batch as soon as it is formed, and `run_batch(prepare(ids), width)` then gets its result: the batch waiting ahead
+  is packed while the one before it computes. Without it, `run_batch(ids, width)` does everything.
 - workers: with more than one, up to that many batches compute at once, each on its own thread. A batch
   holds `width` of the `workers` compute slots and `run_batch(ids, width)` is told how many. A batch formed
   while every slot is free is split into one part per slot (every other item of the length-sorted run, so
@@ -23,11 +26,14 @@ Scheduling:
   single input on free slots takes them all. On CPU, parts side by side each on their share of the cores
   beat one batch on all of them (no op waits at a barrier for a core the event loop took). Slots are taken
   whole before a batch starts, so cores are never oversubscribed.
+- shared slots: several batchers (one per served model) may share one `ComputeSlots` pool, so two models
+  never compute more batches at once than the machine has slots; waiters are served first come, first served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -35,6 +41,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 from bisect import bisect_left, insort
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -112,12 +119,45 @@ class _Job:
     preemptible: bool  # a bulk batch formed while no interactive item waited
     width: int = 1  # compute slots it holds while running (1..workers)
     state: str = _PENDING
+    prepared: Any = None  # what `prepare` made of its items ahead of time (a `_Failed` if that failed)
+
+
+class ComputeSlots:
+    """The machine's compute slots, shared by every batcher that runs on the same cores. A batch takes all the
+    slots it needs at once (so no deadlock), and waiters are served in arrival order (so a batch that needs every
+    slot is not starved by a stream of one-slot batches from another model)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"slots must be >= 1, got {size}")
+        self.size = size
+        self._free = size
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[object] = collections.deque()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    def take(self, width: int) -> None:
+        ticket = object()
+        with self._cond:
+            self._waiting.append(ticket)
+            self._cond.wait_for(lambda: self._waiting[0] is ticket and self._free >= width)
+            self._waiting.popleft()
+            self._free -= width
+            self._cond.notify_all()  # the next in line may fit in what is left
+
+    def give(self, width: int) -> None:
+        with self._cond:
+            self._free += width
+            self._cond.notify_all()
 
 
 class Batcher(Generic[R]):
     def __init__(
         self,
-        run_batch: Callable[[list[Sequence[int]], int], Sequence[R]],
+        run_batch: Callable[[Any, int], Sequence[R]],
         *,
         cost: Callable[[list[int]], int],
         max_batch_tokens: int,
@@ -128,9 +168,13 @@ class Batcher(Generic[R]):
         on_batch: Callable[[BatchStats], None] | None = None,
         starvation_ms: float = 200.0,
         workers: int = 1,
+        prepare: Callable[[list[Sequence[int]]], Any] | None = None,
+        slots: ComputeSlots | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if slots is not None and slots.size != workers:
+            raise ValueError(f"a shared slot pool of {slots.size} needs workers={slots.size}, got {workers}")
         self._workers = workers
         self._run_batch, self._cost, self._is_oom, self._on_batch = run_batch, cost, is_out_of_memory, on_batch
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
@@ -152,9 +196,12 @@ class Batcher(Generic[R]):
         self._draining = False
         self._death: BaseException | None = None
         self._lock = threading.Lock()  # guards _Job.state between the loop (take-back) and the worker (claim)
-        self._slots = threading.Condition()  # guards _free_slots between worker threads
-        self._free_slots = workers
+        self._shared_slots = slots is not None  # shared with other batchers (models) on the same cores
+        self._slots = slots or ComputeSlots(workers)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        # with `prepare`, a packer thread takes the formed jobs, prepares them and hands them on to the workers
+        self._prepare = prepare
+        self._ready: queue.Queue[_Job | None] = self._jobs if prepare is None else queue.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._task: asyncio.Task[None] | None = None
@@ -185,6 +232,8 @@ class Batcher(Generic[R]):
         self._threads = [
             threading.Thread(target=self._work, name=f"batcher-worker-{i}", daemon=True) for i in range(self._workers)
         ]
+        if self._prepare is not None:
+            self._threads.append(threading.Thread(target=self._pack_ahead, name="batcher-packer", daemon=True))
         for thread in self._threads:
             thread.start()
         self._task = self._loop.create_task(self._dispatcher(), name="batcher-dispatcher")
@@ -249,7 +298,9 @@ class Batcher(Generic[R]):
         for _ in self._threads:
             self._jobs.put(None)  # each worker finishes what it holds, then exits
         for thread in self._threads:
-            await asyncio.to_thread(thread.join, max(0.0, end - self._loop.time()))
+            left = end - self._loop.time()
+            if left > 0:  # (to_thread waits for a free executor thread, which busy tokenisation may all hold)
+                await asyncio.to_thread(thread.join, left)
 
     # queue bookkeeping (event loop thread only)
 
@@ -391,7 +442,8 @@ class Batcher(Generic[R]):
             self._last_bulk = now
         self._last_class = cls
         preemptible = cls == BULK and not self._by_len[INTERACTIVE]
-        if self._slots_claimed() > 0:  # others compute: this batch gets one slot
+        others_busy = self._shared_slots and self._slots.free < self._workers  # another model's batch computes
+        if self._slots_claimed() > 0 or others_busy:  # others compute: this batch gets one slot
             parts, width = [items], 1
         elif len(items) >= self._workers > 1:  # every slot free: split it, one part per slot, side by side
             parts, width = [items[i :: self._workers] for i in range(self._workers)], 1  # items are length-sorted
@@ -412,7 +464,7 @@ class Batcher(Generic[R]):
 
     def _work(self) -> None:
         try:
-            while (job := self._jobs.get()) is not None:
+            while (job := self._ready.get()) is not None:
                 self._take_slots(job.width)
                 try:
                     with self._lock:
@@ -420,7 +472,9 @@ class Batcher(Generic[R]):
                             continue
                         job.state = _RUNNING
                     t0 = time.perf_counter()
-                    outcomes, splits = self._compute([it.ids for it in job.items], job.width)
+                    prepared, job.prepared = job.prepared, None  # held no longer than the batch computes
+                    outcomes, splits = self._compute([it.ids for it in job.items], job.width, prepared)
+                    del prepared
                     self._post(self._finish, job, outcomes, splits, time.perf_counter() - t0)
                 finally:
                     self._give_slots(job.width)
@@ -428,29 +482,59 @@ class Batcher(Generic[R]):
             log.error("batcher worker died", exc_info=exc)
             self._post(self._on_death, exc)
 
+    def _pack_ahead(self) -> None:
+        """With `prepare`: each job's host-side work (packing) runs here as soon as the job is formed, so the batch
+        waiting ahead is packed while the one before it computes; the workers then only run the device side."""
+        assert self._prepare is not None
+        try:
+            while (job := self._jobs.get()) is not None:
+                if job.state != _PENDING:  # taken back into the queue already
+                    continue
+                try:
+                    job.prepared = self._prepare([it.ids for it in job.items])
+                except Exception as exc:  # noqa: BLE001 -- fails this batch's requests only, in the worker
+                    _clear_frames(exc)
+                    job.prepared = _Failed(exc)
+                self._ready.put(job)
+        except BaseException as exc:
+            log.error("batcher packer died", exc_info=exc)
+            self._post(self._on_death, exc)
+        finally:
+            for _ in range(self._workers):
+                self._ready.put(None)  # the workers end after the jobs already handed on
+
     def _take_slots(self, width: int) -> None:
-        with self._slots:  # all of them at once: no worker holds some while waiting for more, so no deadlock
-            self._slots.wait_for(lambda: self._free_slots >= width)
-            self._free_slots -= width
+        self._slots.take(width)
 
     def _give_slots(self, width: int) -> None:
-        with self._slots:
-            self._free_slots += width
-            self._slots.notify_all()
+        self._slots.give(width)
 
-    def _compute(self, ids: list[Sequence[int]], width: int) -> tuple[list[Any], int]:
-        """Outcomes per item (results or `_Failed`) and the number of out-of-memory splits."""
+    def _compute(self, ids: list[Sequence[int]], width: int, prepared: Any = None) -> tuple[list[Any], int]:
+        """Outcomes per item (results or `_Failed`) and the number of out-of-memory splits. `prepared`: what the
+        packer made of `ids` ahead of time (with `prepare`; halves of a split are prepared here).
+
+        Out of memory splits the batch in halves, retried *after* the `except` block: inside it the exception's
+        traceback would keep the failed forward's frames, and with them its whole working set, alive during the retry
+        (level after level). Every failure's frames are cleared, so neither a retry nor the `_Failed` handed to the
+        event loop pins the tensors of a failed forward; the traceback itself stays printable."""
         try:
-            out = self._run_batch(ids, width)
+            if isinstance(prepared, _Failed):
+                raise prepared.exc
+            if self._prepare is not None and prepared is None:
+                prepared = self._prepare(ids)
+            out = self._run_batch(ids if self._prepare is None else prepared, width)
             if len(out) != len(ids):
                 raise RuntimeError(f"run_batch returned {len(out)} results for {len(ids)} inputs")
             return list(out), 0
         except Exception as exc:  # noqa: BLE001 -- any encoder error belongs to this batch's requests only
-            if len(ids) > 1 and self._is_oom(exc):  # halves may fit where the whole did not
-                mid = len(ids) // 2
-                (a, sa), (b, sb) = self._compute(ids[:mid], width), self._compute(ids[mid:], width)
-                return a + b, sa + sb + 1
-            return [_Failed(exc)] * len(ids), 0
+            _clear_frames(exc)
+            if not (len(ids) > 1 and self._is_oom(exc)):
+                return [_Failed(exc)] * len(ids), 0
+        # out of memory, and the failed attempt is freed: halves may fit where the whole did not
+        del prepared
+        mid = len(ids) // 2
+        (a, sa), (b, sb) = self._compute(ids[:mid], width), self._compute(ids[mid:], width)
+        return a + b, sa + sb + 1
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -500,3 +584,17 @@ class Batcher(Generic[R]):
 
         self._fail_all(died)
         self._wake.set()
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of every finished frame in the tracebacks of `exc` and of the exceptions chained to
+    it (where a failed forward's tensors live); file, line and function names stay for the log."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
@@ -96,6 +96,16 @@ class EmbeddingRequest(BaseModel):
     priority: Literal["interactive", "bulk"] | None = Field(
         None, description="Scheduling class; by default requests of a few short inputs are interactive."
     )
+    normalize: StrictBool = Field(
+        True, description="Extension: false returns the raw pooled vector (Matryoshka's recipe still applies)."
+    )
+    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float", description="Extension: Cohere's compressed types (README: compressed embeddings); with "
+        "encoding_format base64, the bytes of the int8/uint8/packed-bit vector."
+    )
+    truncation_direction: Literal["left", "right"] = Field(
+        "right", description="Extension: when truncating, left drops the start of the text and keeps its end."
+    )
 
     _input_shape = _input_validator(INPUT_FORMS)
 
@@ -103,7 +113,7 @@ class EmbeddingRequest(BaseModel):
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class Usage(BaseModel):
@@ -118,18 +128,31 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class Experts(BaseModel):
+    num_experts: int = Field(description="Experts in each mixture-of-experts layer")
+    top_k: int = Field(description="Experts each token is routed to")
+    layers: list[int] = Field(description="The layers whose feed-forward block is a mixture of experts")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
+    kind: str = Field(description="`embedding` (an embedding model) or `reranker` (a cross-encoder)")
+    capabilities: list[str] = Field(description="Infinity's name for the kind: `embed` or `rerank`")
     created: int
     owned_by: str = "nomic-embed-server"
     max_input_tokens: int
-    max_input_tokens_source: str
+    max_input_tokens_source: str = Field(description="Which rule set max_input_tokens (README: the input limit)")
     dimensions: int
     model_type: str
+    architecture: str = Field(description="The architecture, as transformers names it (e.g. `ModernBertModel`)")
+    experts: Experts | None = Field(description="Mixture-of-experts layout; null for a dense model")
     device: str
     dtype: str
-    pooling: str
+    pooling: str = Field(description="sentence-transformers pooling modes joined by `+` (a reranker: its head's)")
+    matryoshka: bool = Field(description="Trained for truncated `dimensions` (Matryoshka)")
+    matryoshka_dimensions: list[int] | None = Field(description="The widths it was trained at, when the model says")
+    score_activation: str | None = Field(description="A reranker's score function (`raw_scores` skips it)")
     task_types: dict[str, str] = Field(description="input_type -> the prefix it prepends")
 
 

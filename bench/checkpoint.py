@@ -93,3 +93,58 @@ def build(config: Path = NOMIC_CONFIG, out: Path | None = None, seed: int = 0, t
     shutil.copyfile(tokenizer, hf5 / "tokenizer.json")
     (out / ".built").write_text(stamp)
     return out
+
+
+# ---- a cross-encoder the size of cross-encoder/ms-marco-MiniLM-L-6-v2 ---------------------------------------------
+CROSS_ENCODER_TEMPLATE = DATA / "golden" / "rerank" / "bert-cross-encoder-tiny"  # its layout, tokenizer and metadata
+MS_MARCO_MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
+
+
+def cross_encoder_state(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Every tensor of BertForSequenceClassification (HF key names): N(0, 0.02) matrices, small random biases,
+    LayerNorm weight 1 and bias 0, a one-label classifier."""
+    g = torch.Generator().manual_seed(seed)
+    E, inner = cfg["hidden_size"], cfg["intermediate_size"]
+
+    def normal(*shape: int, std: float = 0.02) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * std
+
+    state = {
+        "bert.embeddings.word_embeddings.weight": normal(cfg["vocab_size"], E),
+        "bert.embeddings.position_embeddings.weight": normal(cfg["max_position_embeddings"], E),
+        "bert.embeddings.token_type_embeddings.weight": normal(cfg["type_vocab_size"], E),
+        "bert.pooler.dense.weight": normal(E, E),
+        "bert.pooler.dense.bias": normal(E),
+        "classifier.weight": normal(1, E, std=0.5),
+        "classifier.bias": normal(1),
+    }
+    norms = ["bert.embeddings.LayerNorm"]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"bert.encoder.layer.{i}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            state[p + name + ".weight"], state[p + name + ".bias"] = normal(E, E), normal(E)
+        state[p + "intermediate.dense.weight"], state[p + "intermediate.dense.bias"] = normal(inner, E), normal(inner)
+        state[p + "output.dense.weight"], state[p + "output.dense.bias"] = normal(E, inner), normal(E)
+        norms += [p + "attention.output.LayerNorm", p + "output.LayerNorm"]
+    for norm in norms:
+        state[norm + ".weight"], state[norm + ".bias"] = torch.ones(E), torch.zeros(E)
+    return state
+
+
+def build_cross_encoder(seed: int = 0, out: Path | None = None) -> Path:
+    """Write (once) a seeded random cross-encoder with ms-marco-MiniLM-L-6-v2's sizes, in the same Hub layout as the
+    rerank golden (bert-base-uncased tokenizer, sentence-transformers metadata, Identity activation)."""
+    cfg = json.loads((CROSS_ENCODER_TEMPLATE / "config.json").read_text()) | MS_MARCO_MINILM
+    out = out or CACHE / f"ms-marco-MiniLM-L-6-v2-sized-random-seed{seed}"
+    stamp = json.dumps({"config": cfg, "seed": seed}, sort_keys=True)
+    if (out / ".built").exists() and (out / ".built").read_text() == stamp:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "config_sentence_transformers.json", "modules.json",
+                 "sentence_bert_config.json"):
+        shutil.copyfile((CROSS_ENCODER_TEMPLATE / name).resolve(), out / name)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_file(cross_encoder_state(cfg, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / ".built").write_text(stamp)
+    return out

@@ -53,3 +53,30 @@ def id_batch(lengths: list[int], seed: int, vocab: tuple[int, int] = (1999, 2900
 def mixed_lengths(count: int, low: int, high: int, seed: int) -> list[int]:
     rng = random.Random(seed)
     return [rng.randint(low, high) for _ in range(count)]
+
+
+def texts_near(tokenizer_json: Path, targets: list[int], seed: int) -> list[str]:
+    """One English-like text per target token count ([CLS] and [SEP] included): the longest prefix of a seeded stream
+    of sentences that fits, found by bisection (~log2(target) encodes per text, so 8192-token texts take milliseconds
+    where `texts_of_length`'s sentence-by-sentence search would take seconds each)."""
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.no_truncation()
+    tok.no_padding()
+    rng = random.Random(seed)
+    texts = []
+    for target in targets:
+        words: list[str] = []
+        while len(words) < target:  # every word is at least one token: `target` words always reach the target
+            sentence = [rng.choice(WORDS) for _ in range(rng.randint(6, 14))]
+            sentence[0] = sentence[0].capitalize()
+            sentence[-1] += "."
+            words += sentence
+        lo, hi = 1, len(words)  # the largest k whose first k words encode to at most `target` tokens
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(tok.encode(" ".join(words[:mid])).ids) <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        texts.append(" ".join(words[:lo]))
+    return texts

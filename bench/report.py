@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def machine(dtype: str, device: str, versions: dict) -> dict:
         commit = None
     return {
         "device": device,
+        "gpu": gpu_info() if device == "cuda" else None,
         "cpu_model": info.get("Model name") or platform.processor(),
         "cpu_family_model_stepping": [info.get("CPU family"), info.get("Model"), info.get("Stepping")],
         "cores": len(os.sched_getaffinity(0)),
@@ -47,10 +49,31 @@ def machine(dtype: str, device: str, versions: dict) -> dict:
     }
 
 
+def gpu_info() -> dict:
+    """The GPU the run used: name, compute capability, memory, and the CUDA torch was built with."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1), "multiprocessors": props.multi_processor_count,
+            "cuda": torch.version.cuda, "torch": torch.__version__}
+
+
+def results_name(m: dict) -> str:
+    """`cpu`, or the GPU's short name for a GPU run: 'NVIDIA H200' -> 'h200', 'NVIDIA H100 80GB HBM3' -> 'h100'."""
+    if not m.get("gpu"):
+        return m["device"]
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", m["gpu"]["name"]) if w and w.upper() != "NVIDIA"]
+    return (words[0] if words else "cuda").lower()
+
+
 def machine_line(m: dict) -> str:
     v = m["versions"]
     parts = [f"{m['cpu_model']}, {m['cores']} cores", f"AMX {'yes' if m['has_amx'] else 'no'}", m["dtype"],
              f"torch {v.get('torch')}"]
+    if m.get("gpu"):
+        g = m["gpu"]
+        parts.insert(0, f"{g['name']} (compute capability {g['capability']}, {g['memory_gib']} GiB, CUDA {g['cuda']})")
     for name in ("transformers", "sentence-transformers", "infinity-emb"):
         if v.get(name):
             parts.append(f"{name} {v[name]}")
@@ -76,13 +99,27 @@ def _find(rows: list[dict], **match) -> dict | None:
     return None
 
 
+CPU_GROUPS = {"inprocess", "nomic", "server", "fastpath", "moe"}
+
+
 def targets(rows: list[dict]) -> list[dict]:
+    """The targets this run's rows can judge: issue 12's when CPU rows ran, issue 11's (GPU) when GPU rows ran."""
+    from bench import gpu
+
+    groups = {r["group"] for r in rows}
+    out = cpu_targets(rows) if groups & CPU_GROUPS or not groups else []
+    if groups & {"gpu_inprocess", "gpu_forward", "gpu_server"}:
+        out += [{**t, "issue": "11/23 (GPU)"} for t in gpu.targets(rows)]
+    return out
+
+
+def cpu_targets(rows: list[dict]) -> list[dict]:
     """Issue 12's targets, judged from this run's rows (None where the run lacks the row or the peer)."""
     out = []
 
     def add(name: str, value: float | None, goal: float, fmt_: str, *, at_most: bool = False) -> None:
         met = None if value is None else (value <= goal if at_most else value >= goal)
-        out.append({"target": name, "value": value, "goal": goal, "met": met,
+        out.append({"target": name, "value": value, "goal": goal, "met": met, "at_most": at_most,
                     "text": "–" if value is None else fmt_.format(value)})
 
     for dtype, tag in (("float32", ""), ("bfloat16", " (bf16 both)")):
@@ -95,11 +132,22 @@ def targets(rows: list[dict]) -> list[dict]:
                     "{:.2f}x")
     inproc = _find(rows, group="inprocess", kind="medium", batch_size=32, metric="tokens_per_s")
     add("in-process ~180 tok batch 32: tokens/s vs sentence-transformers", inproc and inproc["ratio"], 1.2, "{:.2f}x")
+    pairs = _find(rows, group="rerank", batch_size=32, metric="pairs_per_s")
+    add("rerank batch 32: pairs/s vs sentence-transformers CrossEncoder", pairs and pairs["ratio"], 1.2, "{:.2f}x")
     mfu = _find(rows, group="nomic", kind="512x16", metric="mfu")
     add("NomicBert 512 x 16: % of measured matmul peak", mfu and mfu["ours"], 70.0, "{:.1f}%")
     for r in rows:
         if r["group"] == "nomic" and r["params"].get("kind") == "mixed" and r["params"].get("metric") == "tokens_per_s":
             add(f"{r['scenario'].removesuffix(' tokens/s')}: tokens/s vs transformers", r["ratio"], 1.3, "{:.2f}x")
+    for r in rows:
+        if r["group"] == "moe" and r["params"].get("metric") in ("moe_vs_dense_ffn", "moe_vs_dense_ffn_bf16"):
+            add(f"{r['scenario']}: MoE / dense time (issue 19)", r["params"]["time_ratio"], 1.5, "{:.2f}x",
+                at_most=True)
+    for r in rows:  # issue 19
+        if r["group"] == "modernbert" and r["params"].get("metric") == "tokens_per_s":
+            add(f"{r['scenario'].removesuffix(' tokens/s')}: tokens/s vs transformers", r["ratio"], 1.3, "{:.2f}x")
+    xlmr = _find(rows, group="xlmr", batch_size=32, metric="tokens_per_s")
+    add("XLM-R ~180 tok batch 32: tokens/s vs sentence-transformers", xlmr and xlmr["ratio"], 1.2, "{:.2f}x")
     for dtype, tag in (("float32", ""), ("bfloat16", " (bf16)")):
         idle = _find(rows, group="server", metric="idle_p50", dtype=dtype)
         if dtype == "float32" or idle:
@@ -127,16 +175,21 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['scenario']} | {r['unit']} | {fmt(r['ours'])} | {r['peer'] or '–'} | "
                      f"{fmt(r['peer_value'])} | {ratio} |")
     goals = targets(result["rows"])
-    if goals:
-        lines += ["", "## Targets (issue 12)", "", "| target | goal | this run | met |", "| --- | ---: | ---: | --- |"]
-        for t in goals:
-            goal = f"<= {t['goal']:g}" if "idle" in t["target"] else f">= {t['goal']:g}"
+    for title, group in (("Targets (issue 12)", [t for t in goals if "issue" not in t]),
+                         ("GPU targets (issues 11 and 23)", [t for t in goals if "issue" in t])):
+        if not group:
+            continue
+        lines += ["", f"## {title}", "", "| target | goal | this run | met |", "| --- | ---: | ---: | --- |"]
+        for t in group:
+            goal = f"<= {t['goal']:g}" if t["at_most"] else f">= {t['goal']:g}"
             met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
             lines.append(f"| {t['target']} | {goal} | {t['text']} | {met} |")
     if result["checks"]:
         lines += ["", "## Agreement checks", ""]
         for c in result["checks"]:
-            lines.append(f"- {c['check']}: min cosine {c['min_cosine']:.6f} ({'pass' if c['pass'] else 'FAIL'})")
+            figure = (f"min cosine {c['min_cosine']:.6f}" if "min_cosine" in c
+                      else f"max |difference| {c['max_abs_diff']:.2e}")
+            lines.append(f"- {c['check']}: {figure} ({'pass' if c['pass'] else 'FAIL'})")
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if result.get("plots"):
@@ -157,7 +210,7 @@ def _series(rows: list[dict], group: str, metric: str, key: str, **match) -> dic
     return {k: sorted(v) for k, v in out.items()}
 
 
-def plots(result: dict, stem: Path) -> list[str]:
+def draw(result: dict, stem: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,7 +218,7 @@ def plots(result: dict, stem: Path) -> list[str]:
 
     rows, written = result["rows"], []
     m = result["machine"]
-    title_machine = f"{m['cpu_model']}, {m['cores']} cores, {m['dtype']}"
+    title_machine = f"{m['gpu']['name'] if m.get('gpu') else m['cpu_model']}, {m['cores']} cores, {m['dtype']}"
 
     def save(fig, suffix: str) -> None:
         path = stem.with_name(f"{stem.name}-{suffix}.png")
@@ -219,17 +272,33 @@ def plots(result: dict, stem: Path) -> list[str]:
             ax.legend(fontsize=7)
         fig.suptitle("Latency percentiles vs concurrency")
         save(fig, "latency-vs-concurrency")
+
+    # GPU in-process: tokens/s per input length, ours and sentence-transformers side by side
+    gpu_rows = [r for r in rows if r["group"] == "gpu_inprocess" and r["params"].get("metric") == "tokens_per_s"]
+    if gpu_rows:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        x = range(len(gpu_rows))
+        ax.bar([i - 0.2 for i in x], [r["ours"] for r in gpu_rows], 0.4, label="ours")
+        ax.bar([i + 0.2 for i in x], [r["peer_value"] or 0 for r in gpu_rows], 0.4, label="sentence-transformers")
+        ax.set_xticks(list(x), [r["params"]["kind"] for r in gpu_rows])
+        ax.set(ylabel="tokens/s", title="text in, tokenisation counted")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend()
+        fig.suptitle("GPU in-process throughput by input length")
+        save(fig, "gpu-inprocess")
     return written
 
 
-def write(result: dict, out_dir: Path) -> dict[str, Path]:
+def write(result: dict, out_dir: Path, plots: bool = True) -> dict[str, Path]:
+    """`<date>-<cpu|gpu name>.json` and `.md`, and the plots beside them unless `plots` is False."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{result['date']}-{result['machine']['device']}"
-    try:
-        result["plots"] = [Path(p).name for p in plots(result, stem)]
-    except ImportError as exc:
-        result["plots"] = []
-        result["notes"].append(f"no plots: {exc} (pip install matplotlib)")
+    stem = out_dir / f"{result['date']}-{results_name(result['machine'])}"
+    result.setdefault("plots", [])
+    if plots:
+        try:
+            result["plots"] = [Path(p).name for p in draw(result, stem)]
+        except ImportError as exc:
+            result["notes"].append(f"no plots: {exc} (pip install matplotlib)")
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}
     paths["json"].write_text(json.dumps(result, indent=1, default=str) + "\n")
     paths["md"].write_text(markdown(result))

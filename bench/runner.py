@@ -18,6 +18,11 @@ class RunnerError(RuntimeError):
     pass
 
 
+def pythonpath() -> str:
+    """The repository first, then whatever PYTHONPATH already holds (on the device machine: the carried wheels)."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
 class Runner:
     """`with Runner("ours", sys.executable, "ours.py", log_dir) as r: r.call("load", model=...)`."""
 
@@ -26,7 +31,7 @@ class Runner:
         self.log_path = log_dir / f"runner-{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w")
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        full_env = {**os.environ, "PYTHONPATH": pythonpath(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     **(env or {})}
         self.proc = subprocess.Popen(
             [str(python), str(BENCH / "peers" / script)],

@@ -77,8 +77,10 @@ class Context:
     device: str
     minilm: Path
     nomic: Path | None  # an existing NomicBert folder; None = build the seeded random full-size one
+    reranker: Path | None  # an existing cross-encoder folder; None = build the seeded ms-marco-MiniLM-sized one
     peers: bool
     work: Path  # logs
+    peer_python: Path | None = None  # one interpreter that has the peers (the GPU machine's), instead of their venvs
     rows: list[dict] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -146,6 +148,8 @@ def peer_runner(ctx: Context, name: str, script: str) -> Runner | None:
     """The peer's runner, its venv created on first use; None (and a note) when it cannot be had."""
     if not ctx.peers:
         return None
+    if ctx.peer_python is not None:
+        return Runner(name, ctx.peer_python, script, ctx.work)
     try:
         python = venvs.ensure(venvs.PEERS[name])
     except venvs.SetupError as exc:
@@ -213,6 +217,50 @@ def inprocess(ctx: Context) -> None:
                                              metric="embeddings_per_s", **params))
                     log.info("%s: ours %.0f tok/s, st %s", name, tokens / t_ours,
                              f"{tokens / t_peer:.0f}" if t_peer else "-")
+        finally:
+            if st is not None:
+                st.close()
+
+
+# ---- rerank: our cross-encoder vs sentence-transformers' CrossEncoder.predict, pairs in ------------------------------
+RERANK_QUERY = "what is the population of the largest city in the north of the country"  # 16 tokens with [CLS]/[SEP]
+RERANK_DOC_TOKENS = 90  # about an ms-marco passage
+
+
+def rerank(ctx: Context) -> None:
+    """Pairs/s of a cross-encoder the size of ms-marco-MiniLM-L-6-v2 (seeded weights), one query against documents of
+    ~90 tokens, text in and scores out on both sides, `batch_size` pairs per forward; outputs compared first."""
+    p = ctx.profile
+    folder = ctx.reranker or checkpoint.build_cross_encoder()
+    pool = max(max(p.batch_sizes), p.min_texts)
+    documents = inputs.texts_of_length(folder / "tokenizer.json", RERANK_DOC_TOKENS, pool, seed=77)
+    with ours_runner(ctx, "ours_rerank") as ours:
+        ctx.info["ours_rerank"] = ours.call("load", model=str(folder), dtype="float32")
+        st = peer_runner(ctx, "st", "st.py")
+        try:
+            st_info = _try(ctx, st, "load_cross_encoder", model=str(folder))
+            if st_info is None and st is not None:
+                st.close()
+                st = None
+            if st is not None and st_info:
+                ctx.info["sentence-transformers CrossEncoder"] = st_info
+                a = ours.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
+                b = st.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
+                worst = max(abs(x - y) for x, y in zip(a, b))
+                ctx.checks.append({"check": "cross-encoder: ours vs CrossEncoder.predict, 16 pairs",
+                                   "max_abs_diff": worst, "pass": worst <= 1e-4})
+            for bs in p.batch_sizes:
+                job = {"query": RERANK_QUERY, "documents": documents[: max(bs, p.min_texts)], "batch_size": bs}
+                mine, theirs = paired(ctx, ours, st, "time_pairs", job, p.warmup, p.reps, p.max_s)
+                n, t_ours = mine["n"], best(mine["times"])
+                t_peer = best(theirs["times"]) if theirs else None
+                ctx.rows.append(make_row(
+                    "rerank", f"rerank (~{RERANK_DOC_TOKENS}-tok documents) batch {bs} pairs/s", "pairs/s", n / t_ours,
+                    "sentence-transformers CrossEncoder", n / t_peer if t_peer else None, metric="pairs_per_s",
+                    model="ms-marco-MiniLM-L-6-v2-sized (seeded)", batch_size=bs, pairs=n, tokens=mine["tokens"],
+                    ours_times_s=mine["times"], peer_times_s=theirs["times"] if theirs else None))
+                log.info("rerank batch %d: ours %.0f pairs/s, st %s", bs, n / t_ours,
+                         f"{n / t_peer:.0f}" if t_peer else "-")
         finally:
             if st is not None:
                 st.close()
@@ -434,4 +482,4 @@ def padded_attention_fraction(lengths: list[int], batch_size: int, hidden: int, 
     return wasted / (real + wasted)
 
 
-SCENARIOS = {"inprocess": inprocess, "nomic": nomic, "server": server, "fastpath": fastpath}
+SCENARIOS = {"inprocess": inprocess, "rerank": rerank, "nomic": nomic, "server": server, "fastpath": fastpath}

@@ -13,7 +13,7 @@ from typing import Self
 
 import httpx
 
-from bench.runner import REPO
+from bench.runner import REPO, pythonpath
 
 
 def free_port() -> int:
@@ -31,7 +31,7 @@ class Server:
         self.cmd = [c.replace("{port}", str(self.port)) for c in cmd]
         self.log_path = log_dir / f"server-{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        self.env = {**os.environ, "PYTHONPATH": pythonpath(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                     "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.model_id: str | None = None
@@ -82,9 +82,10 @@ class Server:
         self.stop()
 
 
-def ours(model: str, log_dir: Path, dtype: str = "float32", extra: list[str] | None = None) -> Server:
+def ours(model: str, log_dir: Path, dtype: str = "float32", extra: list[str] | None = None,
+         device: str = "cpu") -> Server:
     cmd = [sys.executable, "-m", "app", "--model", model, "--host", "127.0.0.1", "--port", "{port}",
-           "--device", "cpu", "--dtype", dtype, *(extra or [])]
+           "--device", device, "--dtype", dtype, *(extra or [])]
     return Server("ours", cmd, "/ready", "/v1/embeddings", log_dir)
 
 

@@ -80,12 +80,17 @@ def ensure(peer: Peer, timeout_s: float = 1200) -> Path:
 
 
 def peer_versions(peer: Peer, *dists: str) -> dict[str, str | None]:
+    return python_versions(peer.python, *dists)
+
+
+def python_versions(python: Path, *dists: str) -> dict[str, str | None]:
+    """The installed versions of `dists` under that interpreter (None for those it lacks)."""
     code = (
         "import json, sys; from importlib.metadata import version, PackageNotFoundError\n"
         "def v(n):\n  try: return version(n)\n  except PackageNotFoundError: return None\n"
         "print(json.dumps({n: v(n) for n in sys.argv[1:]}))"
     )
-    cmd = [str(peer.python), "-c", code, *dists]
+    cmd = [str(python), "-c", code, *dists]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     return json.loads(out.stdout) if out.returncode == 0 else {}
 

@@ -1,10 +1,17 @@
-"""BERT and DistilBERT encoders (all-MiniLM-L6-v2, bge-small/base, e5, ...), inference only, on packed batches.
+"""BERT, DistilBERT and XLM-RoBERTa encoders (all-MiniLM-L6-v2, bge-small/base, e5, multilingual-e5, bge-m3, ...),
+inference only, on packed batches; and their sequence-classification head (cross-encoders: ms-marco-MiniLM,
+bge-reranker).
 
 Quirks worth knowing:
 - Learned absolute positions (a table of `max_position_embeddings` rows): that table is a hard input limit.
+- XLM-R (RoBERTa) numbers positions from `padding_idx + 1`, counting only non-pad tokens (a pad token sits at
+  `padding_idx`), so its table holds `padding_idx + 1` fewer usable positions (514 rows -> 512 tokens).
 - Post-norm blocks with GELU (exact erf unless the config says otherwise); biases everywhere.
-- Token types: BERT adds `token_type_embeddings` (type 0 by default); DistilBERT has none (`type_vocab_size = 0`).
+- Token types: BERT adds `token_type_embeddings` (type 0 by default); DistilBERT has none (`type_vocab_size = 0`);
+  XLM-R has one type (`type_vocab_size = 1`).
 - q, k, v are separate in the checkpoints; `model/weights.py` fuses them into one `Wqkv` at load.
+- Classification head (BERT's pooler + classifier, RoBERTa's classification head: the same math): the first token's
+  hidden state -> dense -> tanh -> linear to the logits.
 """
 
 from __future__ import annotations
@@ -16,12 +23,13 @@ from torch import nn
 
 from model.activations import PLAIN as ACTIVATIONS
 from model.errors import ConfigError
-from model.packing import PackedBatch, packed_attention
+from model.heads import Float32Head
+from model.packing import PackedBatch, cls_pool, packed_attention
 
 
 @dataclass
 class BertConfig:
-    """transformers' BertConfig field names; DistilBERT's are mapped onto them in `model/config.py`."""
+    """transformers' BertConfig field names; DistilBERT's and XLM-R's are mapped onto them (`model/config_forms.py`)."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -33,6 +41,7 @@ class BertConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     position_embedding_type: str = "absolute"
+    padding_idx: int | None = None  # XLM-R / RoBERTa positions (set from pad_token_id); None: plain 0, 1, 2, ...
 
     def __post_init__(self) -> None:
         if self.hidden_act not in ACTIVATIONS:
@@ -47,6 +56,11 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def position_limit(self) -> int:
+        """The learned position table is a hard input limit (less the rows RoBERTa numbering skips)."""
+        return self.max_position_embeddings - (0 if self.padding_idx is None else self.padding_idx + 1)
 
 
 class Layer(nn.Module):
@@ -80,10 +94,17 @@ class Bert(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size > 0 else None
         self.emb_ln = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.pad = config.padding_idx
+        self.positions = plain_positions if self.pad is None else self.roberta_positions
 
-    @property
-    def max_positions(self) -> int | None:
-        return self.config.max_position_embeddings
+    def roberta_positions(self, batch: PackedBatch) -> torch.Tensor:
+        """transformers' `create_position_ids_from_input_ids`, per packed sequence: padding_idx + the running count of
+        non-pad tokens, and padding_idx itself on a pad token. (T,)"""
+        real = (batch.input_ids != self.pad).long()  # (T,)
+        running = torch.cumsum(real, 0)
+        starts = batch.cu_seqlens[:-1].long()
+        before = running[starts] - real[starts]  # (B,) real tokens of the earlier sequences
+        return (running - before[batch.seq_index]) * real + self.pad
 
     def flops_per_token(self, seq_len: int) -> float:
         c = self.config
@@ -92,7 +113,7 @@ class Bert(nn.Module):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """Packed batch -> last hidden state, (T, E)."""
-        x = self.word_embeddings(batch.input_ids) + self.position_embeddings(batch.positions)
+        x = self.word_embeddings(batch.input_ids) + self.position_embeddings(self.positions(batch))
         if self.token_type_embeddings is not None:
             if batch.token_type_ids is None:
                 x = x + self.token_type_embeddings.weight[0]
@@ -102,3 +123,20 @@ class Bert(nn.Module):
         for layer in self.layers:
             x = layer(x, batch)
         return x
+
+
+def plain_positions(batch: PackedBatch) -> torch.Tensor:
+    return batch.positions
+
+
+class FirstTokenHead(Float32Head):
+    """BertForSequenceClassification's pooler + classifier, XLMRobertaForSequenceClassification's classification
+    head: first token -> dense -> tanh -> linear, in fp32."""
+
+    def __init__(self, config: BertConfig, num_labels: int = 1):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        return self.out(torch.tanh(self.dense(cls_pool(hidden, batch))))  # (B, num_labels)

@@ -1,62 +1,93 @@
-"""Read a model folder's config: `config.json` (every supported form) plus sentence-transformers metadata.
-
-NomicBert has two config forms (spec §1): the legacy GPT2Config names (`n_embd`, `rotary_emb_base`, ...) and the
-transformers-v5 names (`hidden_size`, `rope_parameters`, ...). Both are mapped here, in one place, onto the legacy
-dataclass; when a config carries both and they disagree, loading fails naming both keys.
-"""
+"""What a model folder says about the model, read once at load into a `ModelSpec`: `config.json` (through the
+architecture table), the input limit, and the sentence-transformers metadata: the module chain of `modules.json`
+(Transformer, Pooling, Dense, Normalize; any other module is a load error naming it), task prefixes, Matryoshka
+widths, and a cross-encoder's score activation."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.bert import BertConfig
+from model.activations import torch_activation
+from model.architectures import RERANKER, Architecture, kind_of, lookup
+from model.config_forms import build_dataclass
 from model.errors import ConfigError
-from model.nomic_bert import NomicBertConfig
 
-SUPPORTED_MODEL_TYPES = ("nomic_bert", "bert", "distilbert")
 
-# nomic-embed's task prefixes (model card); used when the folder's sentence-transformers config names none.
-NOMIC_PROMPTS = {
-    "search_query": "search_query: ",
-    "search_document": "search_document: ",
-    "classification": "classification: ",
-    "clustering": "clustering: ",
-}
+@dataclass(frozen=True)
+class PoolingSpec:
+    modes: tuple[str, ...]  # sentence-transformers' mode names, in concatenation order
 
-# v5 key -> legacy key, for the plain renames.
-V5_RENAMES = {
-    "hidden_size": "n_embd",
-    "num_hidden_layers": "n_layer",
-    "num_attention_heads": "n_head",
-    "intermediate_size": "n_inner",
-    "layer_norm_eps": "layer_norm_epsilon",
-    "max_position_embeddings": "max_trained_positions",  # in the v5 form it is the NTK threshold
-}
-# v5 `hidden_act` names the gate's activation of the (always gated) MLP.
-V5_ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "sigmoid": "glu"}
-LEGACY_ONLY_KEYS = ("n_embd", "n_layer", "n_head", "activation_function", "rotary_emb_base", "layer_norm_epsilon")
+
+@dataclass(frozen=True)
+class DenseSpec:
+    path: Path  # the module's folder (2_Dense/): config.json and its weights
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str  # a torch.nn class path
+    residual: bool
+
+
+@dataclass(frozen=True)
+class NormalizeSpec:
+    pass
 
 
 @dataclass
 class ModelSpec:
     """Everything the encoder needs to know about a model folder, read once at load."""
 
-    model_type: str
-    arch: NomicBertConfig | BertConfig
-    pooling: str = "mean"  # "mean" or "cls"
+    architecture: Architecture  # the row of model/architectures.py
+    arch: Any  # the row's config dataclass, filled from config.json
+    modules: list[PoolingSpec | DenseSpec | NormalizeSpec] = field(default_factory=list)  # after the Transformer
     prompts: dict[str, str] = field(default_factory=dict)
     max_input_tokens: int = 512
     limit_source: str = ""  # which rule gave max_input_tokens (shown by /v1/models)
-    matryoshka_layer_norm: bool = False  # nomic-embed v1.5's Matryoshka recipe (layer_norm before truncation)
+    matryoshka: bool = False  # trained for truncated `dimensions` (the architecture, or config.json says so)
+    matryoshka_dimensions: tuple[int, ...] | None = None  # the widths it was trained at, when config.json lists them
+    activation: str | None = None  # cross-encoders: the torch.nn class their scores go through
+
+    @property
+    def model_type(self) -> str:
+        return self.architecture.model_type
+
+    @property
+    def kind(self) -> str:
+        return self.architecture.kind
+
+    @property
+    def pooling(self) -> str:
+        """The pooling modes, joined with '+' (a cross-encoder's: how its head pools)."""
+        if self.kind == RERANKER:
+            return getattr(self.arch, "classifier_pooling", self.architecture.pooling[0])
+        return "+".join(next(m.modes for m in self.modules if isinstance(m, PoolingSpec)))
 
     @property
     def hidden_size(self) -> int:
-        return self.arch.n_embd if isinstance(self.arch, NomicBertConfig) else self.arch.hidden_size
+        """The width of the embeddings: the Transformer's, times the pooling modes, or the last Dense's."""
+        return chain_width(self.modules, self.arch.hidden_size)
+
+    @property
+    def matryoshka_layer_norm(self) -> bool:
+        return self.architecture.matryoshka_layer_norm
+
+
+def chain_width(modules: list[PoolingSpec | DenseSpec | NormalizeSpec], width: int) -> int:
+    """The vector width after each module, from the Transformer's; a Dense that does not fit is a ConfigError."""
+    for module in modules:
+        if isinstance(module, PoolingSpec):
+            width *= len(module.modes)
+        elif isinstance(module, DenseSpec):
+            if module.in_features != width:
+                raise ConfigError(
+                    f"{module.path.name}/config.json: in_features={module.in_features} but the module before gives "
+                    f"{width}"
+                )
+            width = module.out_features
+    return width
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -71,125 +102,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return value
 
 
-def build_dataclass(cls: type, values: dict[str, Any], source: str) -> Any:
-    """Instantiate a config dataclass from the keys it knows, checking each value's type by its annotation."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        value, kind = values[f.name], str(f.type)
-        ok = (
-            (value is None and "None" in kind)
-            or (isinstance(value, bool) and kind.startswith("bool"))
-            or (isinstance(value, int) and not isinstance(value, bool) and ("int" in kind or "float" in kind))
-            or (isinstance(value, float) and "float" in kind and math.isfinite(value))
-            or (isinstance(value, str) and kind.startswith("str"))
-        )
-        if not ok:
-            raise ConfigError(f"{source}: {f.name}={value!r} has the wrong type (expected {kind})")
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=1e-9)
-    return a == b
-
-
-def nomic_values(raw: dict[str, Any]) -> dict[str, Any]:
-    """Map the v5 keys onto legacy names; check them against legacy keys present in the same file."""
-    mapped: dict[str, tuple[str, Any]] = {}  # legacy key -> (v5 key it came from, value)
-    for v5_key, legacy_key in V5_RENAMES.items():
-        if v5_key in raw:
-            mapped[legacy_key] = (v5_key, raw[v5_key])
-    if "hidden_act" in raw:
-        act = raw["hidden_act"]
-        if act not in V5_ACTIVATIONS:
-            raise ConfigError(f"hidden_act={act!r} is not supported (one of {sorted(V5_ACTIVATIONS)})")
-        mapped["activation_function"] = ("hidden_act", V5_ACTIVATIONS[act])
-    rope = raw.get("rope_parameters")
-    rope_key = "rope_parameters"
-    if rope is None and isinstance(raw.get("rope_scaling"), dict):  # transformers 4.x spelling
-        rope, rope_key = dict(raw["rope_scaling"], rope_theta=raw.get("rope_theta")), "rope_scaling"
-    if rope is not None:
-        if not isinstance(rope, dict):
-            raise ConfigError(f"{rope_key} must be an object, got {rope!r}")
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type == "default":
-            mapped["rotary_scaling_factor"] = (f"{rope_key}.rope_type", None)
-        elif rope_type == "dynamic":
-            factor = rope.get("factor")
-            if not isinstance(factor, (int, float)) or factor < 1:
-                raise ConfigError(f"{rope_key}.factor={factor!r} must be a number >= 1 for rope_type 'dynamic'")
-            mapped["rotary_scaling_factor"] = (f"{rope_key}.factor", float(factor))
-        else:
-            raise ConfigError(
-                f"{rope_key}.rope_type={rope_type!r} is not supported (NomicBert uses 'default' or 'dynamic')"
-            )
-        if rope.get("rope_theta") is not None:
-            mapped["rotary_emb_base"] = (f"{rope_key}.rope_theta", rope["rope_theta"])
-    elif "rope_theta" in raw:
-        mapped["rotary_emb_base"] = ("rope_theta", raw["rope_theta"])
-
-    values = dict(raw)
-    legacy_form = any(k in raw for k in LEGACY_ONLY_KEYS)
-    for legacy_key, (v5_key, value) in mapped.items():
-        if legacy_key in raw and not _same(raw[legacy_key], value):
-            raise ConfigError(
-                f"config.json disagrees with itself: {legacy_key}={raw[legacy_key]!r} but {v5_key}="
-                f"{_v5_value(raw, v5_key)!r}"
-            )
-        if legacy_key not in raw or raw[legacy_key] is None:
-            values[legacy_key] = value
-    heads = ("head_dim", "hidden_size", "num_attention_heads")
-    if all(k in raw for k in heads) and raw["head_dim"] * raw["num_attention_heads"] != raw["hidden_size"]:
-        raise ConfigError(
-            f"head_dim={raw['head_dim']} x num_attention_heads={raw['num_attention_heads']} "
-            f"!= hidden_size={raw['hidden_size']}"
-        )
-    if not legacy_form:  # v5-only: what transformers assumes for the keys this form leaves out
-        values.setdefault("qkv_proj_bias", False)
-        values.setdefault("mlp_fc1_bias", False)
-        values.setdefault("mlp_fc2_bias", False)
-        values.setdefault("prenorm", False)
-        values.setdefault("rotary_emb_fraction", 1.0)
-        values.setdefault("rotary_emb_interleaved", False)
-    if values.get("rotary_scaling_factor") in (0, 0.0):  # falsy turns NTK off in the reference
-        values["rotary_scaling_factor"] = None
-    return values
-
-
-def _v5_value(raw: dict[str, Any], dotted: str) -> Any:
-    value: Any = raw
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
-def parse_config(raw: dict[str, Any]) -> NomicBertConfig | BertConfig:
-    model_type = raw.get("model_type")
-    if model_type == "nomic_bert":
-        return build_dataclass(NomicBertConfig, nomic_values(raw), "config.json")
-    if model_type == "bert":
-        return build_dataclass(BertConfig, raw, "config.json")
-    if model_type == "distilbert":
-        # sinusoidal_pos_embds needs nothing special: transformers saves that table with the weights
-        values = {
-            "vocab_size": raw.get("vocab_size", 30522),
-            "hidden_size": raw.get("dim", 768),
-            "num_hidden_layers": raw.get("n_layers", 6),
-            "num_attention_heads": raw.get("n_heads", 12),
-            "intermediate_size": raw.get("hidden_dim", 3072),
-            "hidden_act": raw.get("activation", "gelu"),
-            "max_position_embeddings": raw.get("max_position_embeddings", 512),
-            "type_vocab_size": 0,
-            "layer_norm_eps": 1e-12,  # fixed in DistilBERT
-        }
-        return build_dataclass(BertConfig, values, "config.json")
-    raise ConfigError(f"model_type={model_type!r} is not supported (one of {', '.join(SUPPORTED_MODEL_TYPES)})")
-
-
 def _limit_from_tokenizer(folder: Path) -> int | None:
     tok = read_json(folder / "tokenizer_config.json") or {}
     value = tok.get("model_max_length")
@@ -197,13 +109,16 @@ def _limit_from_tokenizer(folder: Path) -> int | None:
     return int(value) if isinstance(value, (int, float)) and 0 < value < 1e9 else None
 
 
-def input_limit(raw: dict[str, Any], folder: Path, setting: int | None) -> tuple[int, str]:
-    """The longest accepted input: the setting, else legacy n_positions, else sentence-transformers
-    max_seq_length, else the tokenizer's model_max_length, else max_position_embeddings (README: input limit)."""
+def input_limit(
+    raw: dict[str, Any], folder: Path, setting: int | None, limit_key: str | None = None
+) -> tuple[int, str]:
+    """The longest accepted input: the setting, else the architecture's own limit key (legacy NomicBert n_positions),
+    else sentence-transformers max_seq_length, else the tokenizer's model_max_length, else max_position_embeddings
+    (README: input limit)."""
     st = read_json(folder / "sentence_bert_config.json") or {}
     rules: list[tuple[str, Any]] = [
         ("--max-input-tokens", setting),
-        ("config.json n_positions", raw.get("n_positions") if raw.get("model_type") == "nomic_bert" else None),
+        (f"config.json {limit_key}", raw.get(limit_key) if limit_key else None),
         ("sentence_bert_config.json max_seq_length", st.get("max_seq_length")),
         ("tokenizer_config.json model_max_length", _limit_from_tokenizer(folder)),
         ("config.json max_position_embeddings", raw.get("max_position_embeddings")),
@@ -214,35 +129,146 @@ def input_limit(raw: dict[str, Any], folder: Path, setting: int | None) -> tuple
     raise ConfigError("no input limit found: set --max-input-tokens")
 
 
+ST_PREFIX = "sentence_transformers."
+# pooling_mode_* flags in sentence-transformers' concatenation order (its Pooling module)
+POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def pooling_spec(folder: Path, default: tuple[str, ...]) -> PoolingSpec:
+    """A Pooling module's config.json: `pooling_mode` (a name or a list, sentence-transformers >= 5) or the
+    `pooling_mode_*` flags; none set means mean, as in sentence-transformers."""
+    source = f"{folder.name}/config.json"
+    cfg = read_json(folder / "config.json")
+    if cfg is None:
+        return PoolingSpec(default)
+    mode = cfg.get("pooling_mode")
+    if mode is not None:
+        modes = (mode,) if isinstance(mode, str) else tuple(mode) if isinstance(mode, list) else (repr(mode),)
+    else:
+        modes = tuple(name for key, name in POOLING_FLAGS.items() if cfg.get(key)) or ("mean",)
+    for name in modes:
+        if name not in POOLING_FLAGS.values():
+            known = list(POOLING_FLAGS.values())
+            raise ConfigError(f"{source}: pooling mode {name!r} is not supported (one of {known})")
+    if cfg.get("include_prompt", True) is False:
+        raise ConfigError(f"{source}: include_prompt=false is not supported (the prompt's tokens are pooled too)")
+    return PoolingSpec(modes)
+
+
+def dense_spec(folder: Path) -> DenseSpec:
+    source = f"{folder.name}/config.json"
+    cfg = read_json(folder / "config.json")
+    if cfg is None:
+        raise ConfigError(f"{folder.name}/ has no config.json (a Dense module's in/out features and activation)")
+    sizes = [cfg.get("in_features"), cfg.get("out_features")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+        raise ConfigError(f"{source}: in_features and out_features must be positive integers, got {sizes}")
+    for key in ("module_input_name", "module_output_name"):
+        if cfg.get(key) not in (None, "sentence_embedding"):
+            raise ConfigError(f"{source}: {key}={cfg[key]!r} is not supported (Dense on the sentence embedding)")
+    activation = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")  # sentence-transformers' default
+    torch_activation(activation, f"{source} activation_function")
+    return DenseSpec(folder, sizes[0], sizes[1], bool(cfg.get("bias", True)), activation, bool(cfg.get("use_residual")))
+
+
+def module_chain(folder: Path, row: Architecture) -> list[PoolingSpec | DenseSpec | NormalizeSpec]:
+    """modules.json's modules after the Transformer (a folder without modules.json: its 1_Pooling, else the row's
+    pooling). A module this encoder does not run is a load error naming it, never skipped."""
+    path = folder / "modules.json"
+    if not path.is_file():
+        return [pooling_spec(folder / "1_Pooling", row.pooling)]
+    try:
+        declared = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"modules.json is not valid JSON: {exc}") from None
+    if not isinstance(declared, list) or not all(isinstance(m, dict) for m in declared):
+        raise ConfigError("modules.json must hold a list of modules")
+    chain: list[PoolingSpec | DenseSpec | NormalizeSpec] = []
+    for i, module in enumerate(sorted(declared, key=lambda m: m.get("idx", 0))):
+        kind, sub = str(module.get("type", "")), str(module.get("path", ""))
+        name = kind.rsplit(".", 1)[-1] if kind.startswith(ST_PREFIX) else None
+        if i == 0:
+            if name != "Transformer":
+                raise ConfigError(f"modules.json: the first module must be a Transformer, not {kind!r}")
+            if sub:
+                raise ConfigError(f"modules.json: a Transformer in {sub}/ (the sentence-transformers v1 layout) is "
+                                  "not supported; the model must be at the folder's top level")
+        elif row.kind == RERANKER:
+            raise ConfigError(f"modules.json: module {kind!r} after a cross-encoder's Transformer is not supported")
+        elif name == "Pooling" and not chain:
+            chain.append(pooling_spec(folder / sub, row.pooling))
+        elif name == "Dense" and chain:
+            chain.append(dense_spec(folder / sub))
+        elif name == "Normalize" and chain:
+            chain.append(NormalizeSpec())
+        else:
+            where = "before a Pooling module " if name in ("Dense", "Normalize") else ""
+            raise ConfigError(f"modules.json: module {kind!r} {where}is not supported (Transformer, Pooling, Dense, "
+                              "Normalize)")
+    if row.kind == RERANKER:
+        return []
+    return chain or [PoolingSpec(row.pooling)]
+
+
+def matryoshka(raw: dict[str, Any], row: Architecture) -> tuple[bool, tuple[int, ...] | None]:
+    """Trained for truncated widths: the architecture is (nomic), or config.json says so as vLLM reads it
+    (`matryoshka_dimensions: [...]` or `is_matryoshka: true`)."""
+    dims = raw.get("matryoshka_dimensions")
+    if dims is not None:
+        if not isinstance(dims, list) or not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ConfigError(f"matryoshka_dimensions={dims!r} must be a list of positive integers")
+        return True, tuple(sorted(set(dims)))
+    return row.matryoshka or raw.get("is_matryoshka") is True, None
+
+
+def score_activation(raw: dict[str, Any], st_cfg: dict[str, Any], has_modules: bool) -> str:
+    """sentence-transformers' CrossEncoder rule, first match wins: config_sentence_transformers.json `activation_fn`
+    (read when the folder has modules.json), config.json `sentence_transformers.activation_fn`, the legacy
+    `sbert_ce_default_activation_function`; else Sigmoid (one label)."""
+    st_in_config = raw.get("sentence_transformers") if isinstance(raw.get("sentence_transformers"), dict) else {}
+    for source, path in (
+        ("config_sentence_transformers.json activation_fn", st_cfg.get("activation_fn") if has_modules else None),
+        ("config.json sentence_transformers.activation_fn", st_in_config.get("activation_fn")),
+        ("config.json sbert_ce_default_activation_function", raw.get("sbert_ce_default_activation_function")),
+    ):
+        if path is not None:
+            torch_activation(path, source)
+            return path
+    return "torch.nn.modules.activation.Sigmoid"
+
+
 def read_spec(folder: Path, max_input_tokens: int | None = None) -> ModelSpec:
     raw = read_json(folder / "config.json")
     if raw is None:
         raise ConfigError(f"{folder} has no config.json")
-    arch = parse_config(raw)
-    limit, source = input_limit(raw, folder, max_input_tokens)
-    hard = arch.max_position_embeddings if isinstance(arch, BertConfig) else None
-    if isinstance(arch, NomicBertConfig) and arch.rotary_emb_fraction <= 0:
-        hard = arch.n_positions
+    st_cfg = read_json(folder / "config_sentence_transformers.json") or {}
+    row = lookup(raw, kind_of(raw, st_cfg))
+    arch = build_dataclass(row.config, row.config_values(raw), "config.json")
+    limit, source = input_limit(raw, folder, max_input_tokens, row.limit_key)
+    hard = arch.position_limit
     if hard is not None and limit > hard:
         if source == "--max-input-tokens":
             raise ConfigError(f"max_input_tokens={limit} exceeds the model's {hard} position embeddings")
         limit, source = hard, "config.json max_position_embeddings (position table)"
-
-    pooling = "mean"
-    pool_cfg = read_json(folder / "1_Pooling" / "config.json")
-    if pool_cfg and pool_cfg.get("pooling_mode_cls_token") and not pool_cfg.get("pooling_mode_mean_tokens"):
-        pooling = "cls"
-    st_cfg = read_json(folder / "config_sentence_transformers.json") or {}
+    modules = module_chain(folder, row)
+    chain_width(modules, arch.hidden_size)  # every Dense fits what comes before it
+    trained, dims = matryoshka(raw, row)
     prompts = st_cfg.get("prompts") if isinstance(st_cfg.get("prompts"), dict) else None
-    model_type = raw["model_type"]
-    if not prompts and model_type == "nomic_bert":
-        prompts = dict(NOMIC_PROMPTS)
     return ModelSpec(
-        model_type=model_type,
+        architecture=row,
         arch=arch,
-        pooling=pooling,
-        prompts={k: v for k, v in (prompts or {}).items() if isinstance(v, str) and v},
+        modules=modules,
+        prompts={k: v for k, v in (prompts or row.prompts).items() if isinstance(v, str) and v},
         max_input_tokens=limit,
         limit_source=source,
-        matryoshka_layer_norm=model_type == "nomic_bert",
+        matryoshka=trained,
+        matryoshka_dimensions=dims,
+        activation=score_activation(raw, st_cfg, (folder / "modules.json").is_file()) if row.kind == RERANKER else None,
     )

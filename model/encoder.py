@@ -4,6 +4,10 @@
     ids = enc.tokenize(["search_query: what is rotary?"])
     vectors = enc.embed(ids, dimensions=256)        # (N, 256) float32, L2-normalised
 
+    rr = Encoder.load("BAAI/bge-reranker-base")     # a cross-encoder: info.kind == "reranker"
+    pairs = rr.tokenize_pairs("what is rotary?", ["a document", "another"], truncate=True)
+    scores = rr.activate(rr.score(pairs))           # (N,) float32: raw logits, then the model's activation
+
 The split the server relies on: `pooled(batch)` is the device work (run in one worker thread), `finish(...)` the cheap
 per-request post-processing (Matryoshka, normalisation) done wherever the request is answered.
 """
@@ -19,14 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import cpu_linear, pooling
-from model.bert import Bert, BertConfig
-from model.config import ModelSpec, read_spec
-from model.errors import InputError, ModelError
-from model.nomic_bert import NomicBert, NomicBertConfig
-from model.packing import PackedBatch, cls_pool, mean_pool, pack, use_varlen
-from model.tokenizer import Tokenizer
-from model.weights import build_model, map_bert, map_nomic, read_state_dict, resolve_model_dir
+from model import cpu_linear, pooling, weights
+from model.activations import torch_activation
+from model.architectures import EMBEDDING, RERANKER, build_model
+from model.config import DenseSpec, ModelSpec, NormalizeSpec, PoolingSpec, read_spec
+from model.errors import InputError, ModelError, PairTooLong
+from model.heads import Float32Head
+from model.packing import AMPERE, PackedBatch, pack, varlen_supported
+from model.tokenizer import Pair, Tokenizer
+from model.weights import read_state_dict, resolve_model_dir
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,28 +73,74 @@ def pick_device(device: str) -> torch.device:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on GPUs of compute capability >= 8.0 and on CPUs with native bf16; fp16 on older GPUs (T4, V100:
+    no bf16 tensor cores, and they run the padded attention path); else fp32."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     if dtype == "auto":
-        if device.type == "cuda" or cpu_has_native_bf16():
-            return torch.bfloat16
-        return torch.float32
+        if capability is not None:
+            return torch.bfloat16 if capability >= AMPERE else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if dtype not in DTYPES:
         raise ModelError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    if DTYPES[dtype] is torch.bfloat16 and capability is not None and capability < AMPERE:
+        raise ModelError(
+            f"dtype=bfloat16 needs a GPU of compute capability >= 8.0, this one is {capability[0]}.{capability[1]}:"
+            " use float16 or float32"
+        )
     return DTYPES[dtype]
+
+
+def describe_precision(device: torch.device, dtype: torch.dtype, varlen: bool) -> str:
+    """What was chosen at load, for the log: dtype and attention path (and on a GPU, its compute capability)."""
+    attention = "varlen flash attention" if varlen else "scaled_dot_product attention"
+    text = f"{str(dtype).removeprefix('torch.')}, {attention}"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        text += f", compute capability {major}.{minor}"
+        if (major, minor) < AMPERE:
+            text += " (< 8.0: no flash attention, no bf16)"
+    return text
 
 
 @dataclass(frozen=True)
 class EncoderInfo:
     name: str
     model_type: str
-    hidden_size: int
+    hidden_size: int  # the width of the embeddings (after any Dense module)
     max_input_tokens: int
     limit_source: str
     vocab_size: int
     device: str
     dtype: str
-    pooling: str
+    pooling: str  # sentence-transformers' mode names joined with '+' (a reranker's: how its head pools)
     packed_attention: bool  # attention itself runs without padding (varlen); matmuls never see padding
     prompts: dict[str, str] = field(default_factory=dict)
+    kind: str = EMBEDDING  # or RERANKER: a cross-encoder, scoring (query, document) pairs
+    architecture: str = ""  # the architecture table's row, as transformers names the class
+    experts: dict[str, int | list[int]] | None = None  # MoE layout (experts, top-k, MoE layers), None for dense models
+    matryoshka: bool = False  # trained for truncated `dimensions`
+    matryoshka_dimensions: tuple[int, ...] | None = None  # the widths it was trained at, when the folder lists them
+    activation: str | None = None  # rerankers: the torch.nn class scores go through (sentence-transformers' rule)
+
+
+def sentence_chain(spec: ModelSpec) -> pooling.Chain | None:
+    """The sentence-transformers modules after the Transformer, as nn.Modules (Dense weights loaded strictly from
+    their folders); None for a cross-encoder, whose head is part of its model."""
+    if spec.kind == RERANKER:
+        return None
+    first, *rest = spec.modules
+    assert isinstance(first, PoolingSpec)
+    after: list[torch.nn.Module] = []
+    for module in rest:
+        if isinstance(module, DenseSpec):
+            act = torch_activation(module.activation, f"{module.path.name} activation_function")
+            make = lambda m=module, a=act: pooling.Dense(m.in_features, m.out_features, m.bias, a, m.residual)
+            after.append(weights.build_model(make, read_state_dict(module.path), module.path.name))
+        elif isinstance(module, NormalizeSpec):
+            after.append(pooling.Normalize())
+    if after and isinstance(after[-1], pooling.Normalize):
+        after.pop()  # `finish` normalises every embedding anyway, after a chunked input's windows are averaged
+    return pooling.Chain(pooling.Pooling(first.modes), after)
 
 
 class Encoder:
@@ -107,22 +158,36 @@ class Encoder:
         self.spec, self.tokenizer, self.device, self.dtype = spec, tokenizer, device, dtype
         self.threads = threads or default_threads()
         self.model = model.to(device=device, dtype=dtype)
+        for module in self.model.modules():
+            if isinstance(module, Float32Head):  # scores are computed in fp32 whatever the encoder's dtype
+                module.float()
+        chain = sentence_chain(spec)
+        self.chain = chain.to(device) if chain is not None else None  # fp32: it works on fp32 pooled vectors
+        self._activation = torch_activation(spec.activation, "activation") if spec.activation else None
         # CPU: oneDNN packed matmuls where they beat nn.Linear here (timed); torch.compile brings its own kernels
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
-        self._packed = device.type == "cuda" and use_varlen(torch.empty(1, device=device, dtype=dtype))
+        # the attention path is fixed here, at load: varlen flash attention wherever the GPU has it, else SDPA
+        head_dim = getattr(spec.arch, "head_dim", None)  # an architecture that does not say runs SDPA
+        self._packed = device.type == "cuda" and head_dim is not None and varlen_supported(device, dtype, head_dim)
         self.info = EncoderInfo(
             name=name,
             model_type=spec.model_type,
             hidden_size=spec.hidden_size,
             max_input_tokens=spec.max_input_tokens,
             limit_source=spec.limit_source,
-            vocab_size=self.model_vocab_size,
+            vocab_size=spec.arch.vocab_size,
             device=str(device),
             dtype=str(dtype).removeprefix("torch."),
             pooling=spec.pooling,
             packed_attention=self._packed,
             prompts=dict(spec.prompts),
+            kind=spec.kind,
+            architecture=spec.architecture.name,
+            experts=spec.architecture.experts(spec.arch),
+            matryoshka=spec.matryoshka,
+            matryoshka_dimensions=spec.matryoshka_dimensions,
+            activation=spec.activation.rsplit(".", 1)[-1] if spec.activation else None,
         )
 
     @classmethod
@@ -139,30 +204,19 @@ class Encoder:
     ) -> Encoder:
         folder = resolve_model_dir(model, revision)
         spec = read_spec(folder, max_input_tokens)
-        state = read_state_dict(folder)
-        arch = spec.arch
-        if isinstance(arch, NomicBertConfig):
-            net = build_model(lambda: NomicBert(arch), map_nomic(state, arch.n_layer), folder.name)
-        else:
-            assert isinstance(arch, BertConfig)
-            net = build_model(lambda: Bert(arch), map_bert(state, arch.num_hidden_layers), folder.name)
+        net = build_model(spec.architecture, spec.arch, read_state_dict(folder), folder.name)
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
         encoder = cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile, threads)
         if torch_device.type == "cpu":
             torch.set_num_threads(encoder.threads)
         log.info(
-            "loaded %s (%s, %d dims, max %d tokens from %s) on %s in %s%s",
-            model, spec.model_type, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
-            torch_device, encoder.info.dtype,
+            "loaded %s (%s %s, %d dims, max %d tokens from %s) on %s: %s%s",
+            model, spec.architecture.name, spec.kind, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
+            torch_device, describe_precision(torch_device, torch_dtype, encoder.info.packed_attention),
             f", {encoder.threads} threads, {encoder.linear_kernel} linears" if torch_device.type == "cpu" else "",
         )
         return encoder
-
-    @property
-    def model_vocab_size(self) -> int:
-        emb = getattr(self.model, "embeddings", self.model)
-        return emb.word_embeddings.num_embeddings
 
     # ---- input side -------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
@@ -177,18 +231,12 @@ class Encoder:
             raise ModelError(f"{self.info.name} has no tokenizer.json: send token ids")
         return self.tokenizer.iter_encode(texts, prefix, stop_after)
 
-    def check_ids(self, ids: Sequence[int]) -> None:
-        if not ids:
-            raise InputError("empty input")
-        bad = next((i for i in ids if not 0 <= i < self.info.vocab_size), None)
-        if bad is not None:
-            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.info.vocab_size})")
-
-    def truncate(self, ids: Sequence[int], limit: int | None = None) -> list[int]:
+    def truncate(self, ids: Sequence[int], limit: int | None = None, left: bool = False) -> list[int]:
+        """Cut to `limit` tokens keeping the special tokens; `left` drops the start of the text instead of its end."""
         limit = limit or self.info.max_input_tokens
         if self.tokenizer is None:
-            return list(ids[:limit])
-        return self.tokenizer.truncate(ids, limit)
+            return list(ids[len(ids) - limit :] if left else ids[:limit])
+        return self.tokenizer.truncate(ids, limit, left)
 
     def windows(self, ids: Sequence[int], limit: int | None = None) -> list[list[int]]:
         limit = limit or self.info.max_input_tokens
@@ -226,29 +274,63 @@ class Encoder:
         parts.append(run(start, len(batch)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    @torch.inference_mode()
     def _pooled(
         self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None, threads: int
     ) -> np.ndarray:
-        """One forward. One host<->device copy each way."""
+        """One forward."""
         if self.device.type == "cpu":  # per call: the thread count is per calling thread, and the batcher has its own
             want = 1 if sum(len(s) for s in batch) < SMALL_BATCH_TOKENS else threads
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
-        packed: PackedBatch = pack(batch, token_types, pin_memory=self.device.type == "cuda").to(self.device)
-        hidden = self._forward(packed)  # (T, E)
-        vectors = cls_pool(hidden, packed) if self.spec.pooling == "cls" else mean_pool(hidden, packed)
+        return self.run(self.prepare(batch, token_types))
+
+    @property
+    def packs_ahead(self) -> bool:
+        """Host and device work apart: on a GPU the server packs the next batch (`prepare`) while this one computes
+        (`run`). On CPU both share the same cores, so `pooled` does both in turn."""
+        return self.device.type != "cpu"
+
+    def prepare(
+        self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None = None
+    ) -> PackedBatch:
+        """The host side of one forward: the batch packed into one int64 tensor (page-locked when it goes to a GPU).
+        The server runs it ahead, on its own thread, while the previous batch computes."""
+        return pack(batch, token_types, pin_memory=self.device.type == "cuda", varlen=self._packed)
+
+    @torch.inference_mode()
+    def run(self, packed: PackedBatch) -> np.ndarray:
+        """The device side of one forward: one host-to-device copy, the forward, pooling, one device-to-host copy.
+        (N, E) float32 pooled vectors, not normalised."""
+        if self.device.type != "cpu":
+            packed = packed.to(self.device)
+        out = self._forward(packed)  # (T, E) hidden states, or a cross-encoder's (B, 1) fp32 logits
+        vectors = self.chain(out, packed) if self.chain is not None else out  # pooled (B, width) fp32
         return vectors.cpu().numpy()
 
-    def finish(self, pooled: np.ndarray, dimensions: int | None = None) -> np.ndarray:
+    def finish(self, pooled: np.ndarray, dimensions: int | None = None, normalize: bool = True) -> np.ndarray:
         if dimensions is not None and not 1 <= dimensions <= self.info.hidden_size:
             raise InputError(f"dimensions must be between 1 and {self.info.hidden_size}, got {dimensions}")
-        return pooling.finish(pooled, dimensions, self.spec.matryoshka_layer_norm)
+        return pooling.finish(pooled, dimensions, self.spec.matryoshka_layer_norm, normalize)
+
+    @torch.inference_mode()
+    def token_vectors(self, batch: Sequence[Sequence[int]], threads: int | None = None) -> list[np.ndarray]:
+        """Each sequence's last hidden states, (T_i, E) float32, unpooled (TEI's /embed_all)."""
+        if self.info.kind != EMBEDDING:
+            raise ModelError(f"{self.info.name} is a {self.info.kind} ({self.info.architecture}): it scores pairs")
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or self.threads)
+        packed = self.prepare(batch)
+        if self.device.type != "cpu":
+            packed = packed.to(self.device)
+        hidden = self._forward(packed).float().cpu().numpy()  # (T, E), the sequences one after another
+        return np.split(hidden, np.cumsum([len(ids) for ids in batch])[:-1])
 
     def embed(
         self, batch: Sequence[Sequence[int]], dimensions: int | None = None, max_batch_tokens: int = 16384
     ) -> np.ndarray:
         """Embed any number of inputs, in length-sorted sub-batches of at most `max_batch_tokens` padded tokens."""
+        if self.info.kind != EMBEDDING:
+            raise ModelError(f"{self.info.name} is a {self.info.kind} ({self.info.architecture}): it scores pairs")
         return self.finish(self.pool_sorted(batch, max_batch_tokens), dimensions)
 
     def pool_sorted(self, batch: Sequence[Sequence[int]], max_batch_tokens: int = 16384) -> np.ndarray:
@@ -265,6 +347,39 @@ class Encoder:
             if i is not None:
                 chunk.append(i)
         return out
+
+    # ---- cross-encoders ---------------------------------------------------------------------------------------
+    def tokenize_pairs(self, query: str, documents: Sequence[str], truncate: bool) -> list[Pair]:
+        """(query, document) pairs as the model's pair template lays them out. Over the input limit: cut
+        longest-first (sentence-transformers' CrossEncoder) when `truncate`, else PairTooLong naming the document."""
+        if self.tokenizer is None:
+            raise ModelError(f"{self.info.name} has no tokenizer.json")
+        limit = self.info.max_input_tokens
+        pairs = self.tokenizer.pairs(query, documents)
+        over = [i for i, p in enumerate(pairs) if len(p) > limit]
+        if over and not truncate:
+            raise PairTooLong(over[0], len(pairs[over[0]]), limit)
+        if over:
+            for i, pair in zip(over, self.tokenizer.pairs(query, [documents[i] for i in over], truncate_to=limit)):
+                pairs[i] = pair
+        return pairs
+
+    def score(self, pairs: Sequence[Pair], threads: int | None = None) -> np.ndarray:
+        """Raw fp32 logits, (N,), of tokenised pairs, packed like any batch (token types where the model has them)."""
+        if self.info.kind != RERANKER:
+            raise ModelError(f"{self.info.name} is an {self.info.kind} model ({self.info.architecture}): it cannot "
+                             "score pairs")
+        if not pairs:
+            return np.empty(0, dtype=np.float32)
+        types = [p.token_types for p in pairs] if getattr(self.spec.arch, "type_vocab_size", 0) > 1 else None
+        return self.pooled([p.ids for p in pairs], types, threads)[:, 0]
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """The model's score activation (sentence-transformers' rule: its metadata, else Sigmoid), in fp32."""
+        if self._activation is None:
+            raise ModelError(f"{self.info.name} is an {self.info.kind} model: it has no score activation")
+        with torch.inference_mode():
+            return self._activation(torch.as_tensor(np.asarray(logits, dtype=np.float32))).numpy()
 
     def warmup(self) -> None:
         """Run a few shapes once so the first request does not pay for allocator growth or compilation."""

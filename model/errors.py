@@ -15,3 +15,14 @@ class WeightsError(ModelError):
 
 class InputError(ModelError, ValueError):
     """Input the model cannot take (too long, out-of-vocabulary ids, empty)."""
+
+
+class PairTooLong(InputError):
+    """A (query, document) pair over the model's input limit, not truncated. `index` is the document's."""
+
+    def __init__(self, index: int, tokens: int, limit: int):
+        super().__init__(
+            f"document {index} with the query is {tokens} tokens, over this model's maximum of {limit} "
+            "(shorten it, or let the pair be truncated)"
+        )
+        self.index, self.tokens, self.limit = index, tokens, limit

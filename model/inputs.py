@@ -5,7 +5,8 @@
     task_prefix                 an input_type (or alias) -> the model's task prefix
     fit                         the long-input rule: error | truncate | chunk -> the input's windows
     mean_of_windows             a chunked input's windows -> one pooled vector (token-weighted mean)
-    prepare_inputs / embed_inputs   the rules above over a list of inputs, for the offline jobs
+    read_record / job_prefix / prepare_inputs / embed_inputs   the offline jobs: JSONL lines, --input-type, and the
+                                                              rules over many inputs
 
 Pure functions over an `Encoder` (tokenizer, limits, device work); no HTTP. A refusal is a `Rejected` carrying the API
 error code and a reason that completes "Input 3 ...", so every surface words an error the same way.
@@ -13,6 +14,7 @@ error code and a reason that completes "Input 3 ...", so every surface words an 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -23,8 +25,9 @@ from model.tokenizer import cut_point
 
 LongInput = Literal["error", "truncate", "chunk"]
 LONG_INPUT_MODES: tuple[str, ...] = ("error", "truncate", "chunk")
-# common names for nomic's task types; a model's own prompt names win over these
-INPUT_TYPE_ALIASES = {"query": "search_query", "document": "search_document", "passage": "search_document"}
+# names for the same task: an input_type finds whichever of its group the model's prompts use (nomic v1.5 names them
+# search_query / search_document, v2-moe and e5 query / passage)
+INPUT_TYPE_SYNONYMS = (("search_query", "query"), ("search_document", "passage", "document"))
 
 
 class Rejected(InputError):
@@ -56,15 +59,20 @@ def check_ids(ids: Sequence[int], vocab_size: int) -> None:
         raise Rejected("invalid_token_id", f"has token id {bad}, outside the vocabulary [0, {vocab_size})")
 
 
-def cap_text(text: str, mode: str, max_tokens: int, chars_per_token: int) -> str:
+def cap_text(text: str, mode: str, max_tokens: int, chars_per_token: int, left: bool = False) -> str:
     """The character cap, checked before any tokenising (tokenising costs memory and time per character): a text over
-    `max_tokens * chars_per_token` characters is refused under 'error' and cut there (just before a space or newline)
-    under 'truncate'; 'chunk' keeps it whole (the caller caps the request's total). The cut is exact whenever those
-    characters hold `max_tokens` tokens, i.e. for any text under `chars_per_token` characters a token."""
+    `max_tokens * chars_per_token` characters is refused under 'error' and cut to that many under 'truncate' (just
+    before a space or newline; with `left`, its end is kept instead); 'chunk' keeps it whole (the caller caps the
+    request's total). The cut is exact whenever those characters hold `max_tokens` tokens, i.e. for any text under
+    `chars_per_token` characters a token."""
     cap = max_tokens * chars_per_token
     if len(text) <= cap or mode == "chunk":
         return text
     if mode == "truncate":
+        if left:  # the kept end starts at a space or newline, where the whole text's tokens split too
+            start = len(text) - cap
+            found = (text.find(" ", start, start + cap // 2), text.find("\n", start, start + cap // 2))
+            return text[min((p for p in found if p >= 0), default=start) :]
         return text[: cut_point(text, cap, cap // 2)]
     raise Rejected(
         "context_length_exceeded",
@@ -77,7 +85,8 @@ def task_prefix(prompts: Mapping[str, str], input_type: str | None) -> tuple[str
     """(task name, prefix) for an input_type: the model's own prompt names, else the common aliases."""
     if input_type is None:
         return "", ""
-    name = input_type if input_type in prompts else INPUT_TYPE_ALIASES.get(input_type, input_type)
+    group = next((g for g in INPUT_TYPE_SYNONYMS if input_type in g), ())
+    name = input_type if input_type in prompts else next((n for n in group if n in prompts), input_type)
     if name not in prompts:
         known = ", ".join(sorted(prompts)) or "none"
         raise Rejected("invalid_input_type", f"Unknown input_type '{name}' for this model (known: {known})",
@@ -85,14 +94,16 @@ def task_prefix(prompts: Mapping[str, str], input_type: str | None) -> tuple[str
     return name, prompts[name]
 
 
-def fit(encoder, ids: list[int], mode: str, from_text: bool) -> list[list[int]]:
+def fit(encoder, ids: list[int], mode: str, from_text: bool, left: bool = False) -> list[list[int]]:
     """The long-input rule -> the input's windows (one unless chunked). Tokenised text keeps its [CLS]/[SEP] in
     every piece; token ids given by the caller are cut exactly as given."""
     limit = encoder.info.max_input_tokens
     if len(ids) <= limit:
         return [ids]
     if mode == "truncate":
-        return [encoder.truncate(ids) if from_text else ids[:limit]]
+        if from_text:
+            return [encoder.truncate(ids, left=left)]
+        return [ids[len(ids) - limit :] if left else ids[:limit]]
     if mode == "chunk":
         return encoder.windows(ids) if from_text else [ids[i : i + limit] for i in range(0, len(ids), limit)]
     raise Rejected("context_length_exceeded", f"has {len(ids)} tokens, over this model's maximum of {limit}")
@@ -107,15 +118,56 @@ def mean_of_windows(pooled: Sequence[np.ndarray], lengths: Sequence[int]) -> np.
     return (np.stack(pooled) * weights).sum(0) / weights.sum()
 
 
-# ---- over many inputs: the offline jobs ---------------------------------------------------------------------------
+# ---- over many inputs: the offline jobs (`python -m model embed`, with or without Ray) ----------------------------
+RECORD_SHAPE = 'expected {"text": "..."} or {"input_ids": [...]}'
+EXIT_REFUSED = 3  # a job's exit status when it finished and some inputs were refused
+
+
+def job_prefix(prompts: Mapping[str, str], input_type: str | None, prefix: str) -> str:
+    """A job's text prefix: --input-type through the model's prompts (as the server's input_type), else --prefix."""
+    if input_type is None:
+        return prefix
+    try:
+        return task_prefix(prompts, input_type)[1]
+    except Rejected as exc:
+        raise InputError(f"--input-type: {exc.reason}") from None
+
+
+def read_record(raw: bytes | str) -> tuple[str | list[int] | None, object, str | None]:
+    """One JSONL line -> (the input: a text or token ids, its "id" or None, why the line is unusable or None)."""
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, None, f"not JSON ({getattr(exc, 'msg', exc)})"
+    if not isinstance(record, dict):
+        return None, None, RECORD_SHAPE
+    key = record.get("id")
+    if "text" in record:
+        text = record["text"]
+        if not isinstance(text, str):
+            return None, key, "text is not a string"
+        try:
+            check_text(text)
+        except Rejected as exc:
+            return None, key, f"text {exc.reason}"
+        return text, key, None
+    ids = record.get("input_ids")
+    if not isinstance(ids, list):
+        return None, key, RECORD_SHAPE
+    # int64 bounds: the Ray job carries ids in Arrow int64 columns
+    if not all(isinstance(t, int) and not isinstance(t, bool) and -(2**63) <= t < 2**63 for t in ids):
+        return None, key, "input_ids must be a list of integers"
+    return ids, key, None
+
+
 def prepare_inputs(
-    encoder, inputs: Sequence[str | Sequence[int]], prefix: str, mode: str
-) -> list[list[list[int]] | Rejected]:
-    """Each input (a text, or token ids used exactly as given) -> its windows, or why it is refused. The accepted
-    texts are tokenized in one batch."""
-    out: list[list[list[int]] | Rejected] = []
+    encoder, items: Sequence[str | Sequence[int]], prefix: str, mode: str
+) -> list[list[list[int]] | str]:
+    """Each input (a text, or token ids used exactly as given) -> its windows, or the reason it is refused, worded
+    for the offline jobs' errors file. The accepted texts are tokenized in one batch."""
+    out: list[list[list[int]] | str] = []
     texts: list[tuple[int, str]] = []
-    for i, item in enumerate(inputs):
+    for i, item in enumerate(items):
         try:
             if isinstance(item, str):
                 check_text(item)
@@ -126,14 +178,19 @@ def prepare_inputs(
                 check_ids(ids, encoder.info.vocab_size)
                 out.append(fit(encoder, ids, mode, from_text=False))
         except Rejected as exc:
-            out.append(exc)
+            out.append(_job_reason(item, exc))
     if texts:
-        for (i, _), ids in zip(texts, encoder.tokenize([t for _, t in texts], prefix)):
+        for (i, text), ids in zip(texts, encoder.tokenize([t for _, t in texts], prefix)):
             try:
                 out[i] = fit(encoder, ids, mode, from_text=True)
             except Rejected as exc:
-                out[i] = exc
+                out[i] = _job_reason(text, exc)
     return out
+
+
+def _job_reason(item: str | Sequence[int], exc: Rejected) -> str:
+    hint = " (use --long-input truncate or chunk)" if exc.code == "context_length_exceeded" else ""
+    return f"{'text' if isinstance(item, str) else 'input_ids'} {exc.reason}{hint}"
 
 
 def embed_inputs(
@@ -147,5 +204,4 @@ def embed_inputs(
     for ws in windows:
         rows.append(mean_of_windows(pooled[at : at + len(ws)], [len(w) for w in ws]))
         at += len(ws)
-    merged = np.stack(rows) if rows else pooled
-    return encoder.finish(merged, dimensions)
+    return encoder.finish(np.stack(rows) if rows else pooled, dimensions)

@@ -1,17 +1,23 @@
-"""NomicBert (nomic-embed-text v1 / v1.5), inference only, on packed token batches.
+"""NomicBert (nomic-embed-text v1 / v1.5, and v2-moe's mixture of experts), inference only, on packed token batches.
 
 The architecture's quirks, all from ../shared/NOMIC_BERT_SPEC.md (section numbers there):
-- No position table: rotary on q and k (§4.1), GPT-NeoX style halves unless `rotary_emb_interleaved`, over the first
-  `head_dim * rotary_emb_fraction` channels. Positions restart at 0 for every sequence.
-- Dynamic NTK (§4.3) when `rotary_scaling_factor` is set and a sequence is longer than `max_trained_positions`:
-  base' = base * (factor * L / max_trained - (factor - 1)) ** (rot / (rot - 2)), with L = **that sequence's own
-  length**. The reference uses the padded batch length and caches across calls (§4.4); we do not, so an embedding never
-  depends on its batchmates or on earlier calls.
+- No position table: rotary on q and k (§4.1, `model/rotary.py`), GPT-NeoX style halves unless
+  `rotary_emb_interleaved`, over the first `head_dim * rotary_emb_fraction` channels. Positions restart at 0 for every
+  sequence.
+- Dynamic NTK (§4.3) when `rotary_scaling_factor` is set and a sequence is longer than `max_trained_positions`, from
+  **that sequence's own length**. The reference uses the padded batch length and caches across calls (§4.4); we do
+  not, so an embedding never depends on its batchmates or on earlier calls.
 - Post-norm blocks by default: x = norm1(x + attn(x)); x = norm2(x + mlp(x)). `prenorm` is supported too.
 - SwiGLU MLP: fc2(fc11(x) * silu(fc12(x))) -- fc12 is the gate (§5). fc11|fc12 are fused into one GEMM at load
   (`mlp.fc1` = cat[fc11, fc12]).
 - Token-type embeddings are added (type 0 unless given); `emb_ln` follows the embeddings; no final norm, no pooler.
 - Biases on Wqkv *and* out_proj exist iff `qkv_proj_bias`.
+- Mixture of experts (v2-moe, nomic's remote code `NomicMoELayer`): layer i's FFN is MoE iff `moe_every_n_layers > 0`
+  and `i % moe_every_n_layers == 1` (so 1, 3, 5, ... for 2; and *no* layer for 1, which we refuse). The router is a
+  bias-free linear whose logits and softmax are fp32 whatever the model's dtype (near-ties flip in bf16); each token
+  takes the top `moe_top_k` experts by probability, weighted by those probabilities *unrenormalised*. An expert is a
+  bias-free exact-GELU MLP; the one shared `experts.bias` is added once, after the weighted sum. Tokens are grouped by
+  expert, so each expert runs one GEMM pair on its own tokens.
 Matryoshka (layer_norm -> truncate -> L2) lives in `model/pooling.py`.
 """
 
@@ -20,12 +26,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.activations import GATED as GATED_ACTIVATIONS
 from model.activations import PLAIN as PLAIN_ACTIVATIONS
 from model.errors import ConfigError
 from model.packing import PackedBatch, packed_attention
+from model.rotary import Rotary
 
 
 @dataclass
@@ -51,6 +59,13 @@ class NomicBertConfig:
     prenorm: bool = False
     layer_norm_epsilon: float = 1e-5
     type_vocab_size: int = 2
+    # mixture of experts (nomic-embed-text-v2-moe); see `check_moe` for what is refused
+    num_experts: int = 0
+    moe_top_k: int | None = None
+    moe_every_n_layers: int = 0
+    moe_normalize_expert_weights: bool | float | None = None
+    num_shared_experts: int = 0
+    expert_choice_router: bool = False
 
     def __post_init__(self) -> None:
         if self.activation_function not in GATED_ACTIVATIONS and self.activation_function not in PLAIN_ACTIVATIONS:
@@ -74,6 +89,51 @@ class NomicBertConfig:
             self.n_inner = (inner + 255) // 256 * 256
         elif self.n_inner is None:
             self.n_inner = 4 * self.n_embd
+        self.check_moe()
+
+    def check_moe(self) -> None:
+        """Refuse every MoE option nomic's code would not run the way we do (each error names its key). Keys that only
+        matter in training (`router_aux_loss_coef`, `moe_resid_pdrop`, `moe_impl`, `ffn_div`) are not read."""
+        if self.moe_every_n_layers < 0:
+            raise ConfigError(f"moe_every_n_layers={self.moe_every_n_layers} must be >= 0")
+        if self.moe_every_n_layers == 0:
+            return  # nomic's code builds every layer dense then, whatever num_experts says
+        if self.moe_every_n_layers == 1:
+            raise ConfigError(
+                "moe_every_n_layers=1 makes no layer MoE in nomic's code (layer i is MoE iff "
+                "i % moe_every_n_layers == 1); set 0 for a dense model"
+            )
+        if self.num_experts < 1:
+            raise ConfigError(f"moe_every_n_layers={self.moe_every_n_layers} needs num_experts >= 1")
+        if self.moe_top_k is None or not 1 <= self.moe_top_k <= self.num_experts:
+            raise ConfigError(f"moe_top_k={self.moe_top_k!r} must be between 1 and num_experts={self.num_experts}")
+        if self.activation_function != "gelu":
+            # the remote code's pure-PyTorch experts and its megablocks path differ for every other activation
+            raise ConfigError(
+                f"activation_function={self.activation_function!r} is not supported with num_experts "
+                "(nomic's MoE layers run exact GELU experts only)"
+            )
+        if self.moe_normalize_expert_weights:
+            raise ConfigError(
+                f"moe_normalize_expert_weights={self.moe_normalize_expert_weights!r} is not supported "
+                "(nomic's remote code ignores it, its megablocks path applies it: no one reference)"
+            )
+        if self.num_shared_experts:
+            raise ConfigError(f"num_shared_experts={self.num_shared_experts} is not supported (no shared experts)")
+        if self.expert_choice_router:
+            raise ConfigError("expert_choice_router=true is not supported (token-choice top-k routing only)")
+
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """The layers whose FFN is a mixture of experts."""
+        n = self.moe_every_n_layers
+        return tuple(i for i in range(self.n_layer) if n > 0 and i % n == 1)
+
+    def experts(self) -> dict[str, int | list[int]] | None:
+        """The MoE layout /v1/models shows, None for a dense model."""
+        if not self.moe_layers or self.moe_top_k is None:
+            return None
+        return {"num_experts": self.num_experts, "top_k": self.moe_top_k, "layers": list(self.moe_layers)}
 
     @property
     def gated(self) -> bool:
@@ -84,63 +144,17 @@ class NomicBertConfig:
         return self.n_embd // self.n_head
 
     @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @property
+    def position_limit(self) -> int | None:
+        """A learned position table is a hard input limit; rotary has none."""
+        return self.n_positions if self.rotary_emb_fraction <= 0 else None
+
+    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rotary_emb_fraction)
-
-
-class Rotary(nn.Module):
-    """Rotary position embedding with per-sequence dynamic NTK. Tables for the unscaled base are cached."""
-
-    def __init__(self, config: NomicBertConfig):
-        super().__init__()
-        self.dim = config.rotary_dim
-        self.base = float(config.rotary_emb_base)
-        self.interleaved = config.rotary_emb_interleaved
-        self.factor = config.rotary_scaling_factor
-        self.max_trained = config.max_trained_positions
-        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # fp32 (n, dim/2) cos, sin at the plain base
-
-    def inv_freq(self, base: float, device: torch.device) -> torch.Tensor:
-        return 1.0 / (base ** (torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim))
-
-    def scaled_base(self, length: int) -> float:
-        """The base a sequence of `length` tokens uses (spec §4.3, strict '>')."""
-        if not self.factor or length <= self.max_trained:
-            return self.base
-        f = self.factor
-        return self.base * ((f * length / self.max_trained) - (f - 1)) ** (self.dim / (self.dim - 2))
-
-    def _plain_table(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._table is None or self._table[0].shape[0] < n or self._table[0].device != device:
-            size = max(n, 2 * (self._table[0].shape[0] if self._table is not None else 0), 512)
-            freqs = torch.outer(
-                torch.arange(size, device=device, dtype=torch.float32), self.inv_freq(self.base, device)
-            )
-            self._table = (freqs.cos(), freqs.sin())  # (size, dim/2)
-        return self._table
-
-    def cos_sin(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token cos and sin, (T, dim/2) fp32, each at its own position and its own sequence's base."""
-        bases = [self.scaled_base(n) for n in batch.length_list]
-        device = batch.positions.device
-        if all(b == self.base for b in bases):
-            cos, sin = self._plain_table(batch.max_len, device)
-            return cos[batch.positions], sin[batch.positions]
-        inv = torch.stack([self.inv_freq(b, device) for b in bases])  # (B, dim/2)
-        freqs = batch.positions.to(torch.float32)[:, None] * inv[batch.seq_index]  # (T, dim/2)
-        return freqs.cos(), freqs.sin()
-
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: (T, H, D); rotates the first `dim` channels of every head."""
-        rot, rest = x[..., : self.dim], x[..., self.dim :]
-        cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # (T, 1, dim/2)
-        if self.interleaved:  # GPT-J pairs (2i, 2i+1)
-            x1, x2 = rot[..., 0::2], rot[..., 1::2]
-            rot = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-        else:  # GPT-NeoX halves (i, i + dim/2)
-            x1, x2 = rot.chunk(2, dim=-1)
-            rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot
 
 
 class Attention(nn.Module):
@@ -161,18 +175,20 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: NomicBertConfig):
+    def __init__(self, n_embd: int, n_inner: int, activation: str, bias1: bool, bias2: bool):
         super().__init__()
-        self.gated = config.gated
+        self.gated = activation in GATED_ACTIVATIONS
         if self.gated:
-            self.act = GATED_ACTIVATIONS[config.activation_function]
-            self.fc1 = nn.Linear(
-                config.n_embd, 2 * config.n_inner, bias=config.mlp_fc1_bias
-            )  # [fc11 (up); fc12 (gate)]
+            self.act = GATED_ACTIVATIONS[activation]
+            self.fc1 = nn.Linear(n_embd, 2 * n_inner, bias=bias1)  # [fc11 (up); fc12 (gate)]
         else:
-            self.act = PLAIN_ACTIVATIONS[config.activation_function]
-            self.fc1 = nn.Linear(config.n_embd, config.n_inner, bias=config.mlp_fc1_bias)
-        self.fc2 = nn.Linear(config.n_inner, config.n_embd, bias=config.mlp_fc2_bias)
+            self.act = PLAIN_ACTIVATIONS[activation]
+            self.fc1 = nn.Linear(n_embd, n_inner, bias=bias1)
+        self.fc2 = nn.Linear(n_inner, n_embd, bias=bias2)
+
+    @classmethod
+    def from_config(cls, config: NomicBertConfig) -> MLP:
+        return cls(config.n_embd, config.n_inner, config.activation_function, config.mlp_fc1_bias, config.mlp_fc2_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
@@ -184,12 +200,59 @@ class MLP(nn.Module):
         return self.fc2(h)
 
 
-class Block(nn.Module):
+class Router(nn.Module):
+    """Token-choice top-k routing in fp32. The weight stays fp32 when the model is cast to bf16/fp16: a near-tie
+    between two experts' probabilities (4.9e-5 apart in the golden data) flips with bf16 logits."""
+
+    def __init__(self, n_embd: int, num_experts: int, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+        self.weight = nn.Parameter(torch.empty(num_experts, n_embd), requires_grad=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        fp32 = self.weight.detach().float()
+        super()._apply(fn, recurse)  # moves it (and casts it, which we undo below)
+        self.weight = nn.Parameter(fp32.to(self.weight.device), requires_grad=False)
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (T, E) -> the chosen experts' probabilities and indices, (T, k) each, larger probability first."""
+        probs = F.linear(x.float(), self.weight).softmax(dim=-1)  # (T, num_experts) fp32
+        return probs.topk(self.top_k, dim=-1)
+
+
+class MoE(nn.Module):
+    """The FFN of v2-moe's MoE layers: sum_k p_k * expert_{e_k}(x) + bias, experts run grouped (one GEMM pair each
+    over the tokens routed to it), never per token. Each expert is a plain bias-free GELU `MLP`, so the CPU fast path
+    (model/cpu_linear.py) packs its linears like any other."""
+
     def __init__(self, config: NomicBertConfig):
+        super().__init__()
+        assert config.moe_top_k is not None
+        self.router = Router(config.n_embd, config.num_experts, config.moe_top_k)
+        self.experts = nn.ModuleList(
+            MLP(config.n_embd, config.n_inner, "gelu", bias1=False, bias2=False) for _ in range(config.num_experts)
+        )
+        self.bias = nn.Parameter(torch.empty(config.n_embd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, chosen = self.router(x)  # (T, k) each
+        k = chosen.shape[1]
+        order = chosen.flatten().argsort(stable=True)  # (T*k,) assignments, grouped by expert
+        counts = torch.bincount(chosen.flatten(), minlength=len(self.experts)).tolist()
+        rows = order // k  # the token of each assignment
+        groups = x[rows].split(counts)  # (count_e, E) per expert
+        y = torch.cat([expert(g) for expert, g in zip(self.experts, groups) if g.shape[0]])  # (T*k, E)
+        y = y * weights.flatten()[order, None].to(y.dtype)
+        return torch.zeros_like(x).index_add_(0, rows, y) + self.bias
+
+
+class Block(nn.Module):
+    def __init__(self, config: NomicBertConfig, moe: bool = False):
         super().__init__()
         self.prenorm = config.prenorm
         self.attn = Attention(config)
-        self.mlp = MLP(config)
+        self.mlp: nn.Module = MoE(config) if moe else MLP.from_config(config)
         self.norm1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.norm2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
@@ -227,7 +290,7 @@ class Embeddings(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, config: NomicBertConfig):
         super().__init__()
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.layers = nn.ModuleList(Block(config, moe=i in config.moe_layers) for i in range(config.n_layer))
 
 
 class NomicBert(nn.Module):
@@ -237,25 +300,33 @@ class NomicBert(nn.Module):
         self.embeddings = Embeddings(config)
         self.emb_ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.encoder = Encoder(config)
-        self.rotary = Rotary(config) if config.rotary_emb_fraction > 0 else None
-
-    @property
-    def max_positions(self) -> int | None:
-        """Hard limit of the architecture (a learned position table), or None when rotary has none."""
-        return self.config.n_positions if self.rotary is None else None
+        self.rotary = (
+            Rotary(
+                config.rotary_dim,
+                config.rotary_emb_base,
+                interleaved=config.rotary_emb_interleaved,
+                ntk_factor=config.rotary_scaling_factor,
+                max_trained=config.max_trained_positions,
+            )
+            if config.rotary_emb_fraction > 0
+            else None
+        )
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Matmul FLOPs per token at a given sequence length (for utilisation figures)."""
+        """Matmul FLOPs per token at a given sequence length (for utilisation figures); MoE layers count the work
+        done (router and the top-k experts), not the experts a token skips."""
         c = self.config
-        mlp_in = (2 if c.gated else 1) * c.n_inner
-        linear = 2 * c.n_embd * (3 * c.n_embd + c.n_embd + mlp_in + c.n_inner)
+        mlp = 2 * c.n_embd * ((2 if c.gated else 1) * c.n_inner + c.n_inner)
+        moe = c.num_experts * 2 * c.n_embd + (c.moe_top_k or 0) * mlp  # router + the k experts a token runs
+        linear = 2 * c.n_embd * (3 * c.n_embd + c.n_embd)
         attention = 4 * seq_len * c.n_embd
-        return c.n_layer * (linear + attention)
+        n_moe = len(c.moe_layers)
+        return c.n_layer * (linear + attention) + (c.n_layer - n_moe) * mlp + n_moe * moe
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """Packed batch -> last hidden state, (T, E)."""
         x = self.emb_ln(self.embeddings(batch))
-        cos_sin = self.rotary.cos_sin(batch) if self.rotary is not None else None
+        cos_sin = self.rotary.cos_sin(batch, x.dtype) if self.rotary is not None else None  # once per forward
         for layer in self.encoder.layers:
             x = layer(x, batch, self.rotary, cos_sin)
         return x

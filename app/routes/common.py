@@ -1,4 +1,4 @@
-"""What the API routes share: the API-key check, strict JSON body parsing, the served-model check, and
+"""What the API routes share: the API-key check, strict JSON body parsing, picking the served model, and
 racing a request's work against its client going away."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from app.errors import APIError
-from app.runtime import Runtime, get_runtime
+from app.runtime import EMBEDDING, Runtime, ServedModel, get_runtime
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -40,14 +40,10 @@ async def require_ready(rt: Runtime = Depends(get_runtime)) -> Runtime:
     return rt
 
 
-def check_model(rt: Runtime, model: str | None) -> None:
-    if model is not None and model != rt.model_name:
-        raise APIError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            param="model",
-            code="model_not_found",
-        )
+def pick_model(rt: Runtime, request: Request, name: str | None, kind: str = EMBEDDING) -> ServedModel:
+    """The model a request names (when it names none, the first of `kind`): 404 if unknown, 400 if not of `kind`.
+    From here on the request's metrics carry that model's label."""
+    return rt.bind(request.scope["state"], rt.model(name, kind)).require(kind)
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -68,10 +64,10 @@ def _no_json_constants(name: str) -> Any:
     raise APIError(400, f"The body is not valid JSON: {name} is not a JSON value", code="invalid_json")
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Strict JSON: the right content type, valid UTF-8 JSON (no NaN/Infinity, no duplicate keys), then the schema.
-    Every value JSON allows but Python refuses (an integer past Python's 4,300-digit limit, nesting past the
-    recursion limit) is a 400 here, never a 500."""
+async def parse_json(request: Request) -> dict[str, Any]:
+    """Strict JSON: the right content type, valid UTF-8 JSON (no NaN/Infinity, no duplicate keys), an object. Every
+    value JSON allows but Python refuses (an integer past Python's 4,300-digit limit, nesting past the recursion
+    limit) is a 400 here, never a 500."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise APIError(415, f"Content-Type must be application/json, got '{ctype}'", code="unsupported_media_type")
@@ -84,6 +80,11 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise APIError(400, "The body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The body must be a JSON object", code="invalid_json")
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """A parsed body against its schema; the first problem as a 400 naming its field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -97,6 +98,11 @@ async def parse_body(request: Request, model: type[M]) -> M:
         ) from None
     except RecursionError:  # pydantic walks nested values recursively too
         raise APIError(400, "The body's JSON is nested too deeply", code="invalid_json") from None
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """`parse_json`, then the schema."""
+    return validate(model, await parse_json(request))
 
 
 async def dumps_list(items: Sequence[Any]) -> orjson.Fragment:

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.runtime import Runtime, get_runtime
 
-router = APIRouter()
+router = APIRouter(tags=["Server"])
 
 
 @router.get("/health")
@@ -28,7 +28,7 @@ async def ready(rt: Runtime = Depends(get_runtime)) -> JSONResponse:
     return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
 
 
-metrics_router = APIRouter()
+metrics_router = APIRouter(tags=["Server"])
 
 
 @metrics_router.get("/metrics")

@@ -20,14 +20,17 @@ state: dict = {}
 
 
 def load(model: str, dtype: str = "float32", compile: bool = False, threads: int | None = None,
-         small_batch_tokens: int | None = None, linears: str = "auto") -> dict:
+         small_batch_tokens: int | None = None, linears: str = "auto", device: str = "cpu") -> dict:
     if small_batch_tokens is not None:  # fast-path experiments: 0 = every batch on all threads
         encoder_module.SMALL_BATCH_TOKENS = small_batch_tokens
     if linears == "aten":  # fast-path experiment: keep nn.Linear whatever the timing says
         cpu_linear.install = lambda model, **_: "aten"
-    enc = Encoder.load(model, device="cpu", dtype=dtype, compile=compile, threads=threads)
+    enc = Encoder.load(model, device=device, dtype=dtype, compile=compile, threads=threads)
     state["enc"] = enc
     return {
+        "device": enc.info.device,
+        "gpu": torch.cuda.get_device_name(enc.device) if enc.device.type == "cuda" else None,
+        "packed_attention": enc.info.packed_attention,
         "dtype": enc.info.dtype,
         "threads": enc.threads,
         "compile": compile,
@@ -77,6 +80,76 @@ def time_ids(batches: list[list[list[int]]], warmup: int, reps: int, max_s: floa
     return {"times": times, "tokens": sum(len(s) for b in batches for s in b), "n": sum(len(b) for b in batches)}
 
 
+def _ranked_chunks(documents: list[str], batch_size: int) -> list[list[str]]:
+    """Documents longest first (by characters), cut into batches: what CrossEncoder.predict does with pairs."""
+    ordered = sorted(documents, key=len, reverse=True)
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def score_pairs(query: str, documents: list[str]) -> dict:
+    """A cross-encoder's scores (its activation applied) for the query against each document, in order."""
+    enc = _enc()
+    return {"scores": enc.activate(enc.score(enc.tokenize_pairs(query, documents, truncate=True))).tolist()}
+
+
+def time_pairs(query: str, documents: list[str], batch_size: int, warmup: int, reps: int, max_s: float) -> dict:
+    """Text in, scores out: tokenise the pairs, one forward per `batch_size` pairs, the activation."""
+    enc = _enc()
+    chunks = _ranked_chunks(documents, batch_size)
+
+    def run() -> None:
+        for chunk in chunks:
+            enc.activate(enc.score(enc.tokenize_pairs(query, chunk, truncate=True)))
+
+    times = common.timed(run, warmup, reps, max_s)
+    tokens = sum(len(p) for p in enc.tokenize_pairs(query, documents, truncate=True))
+    return {"times": times, "tokens": tokens, "n": len(documents)}
+
+
+def _sync() -> None:
+    if _enc().device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def time_forward(batches: list[list[list[int]]], warmup: int, reps: int, max_s: float) -> dict:
+    """The model's forward alone on packed batches already on the device (no tokenizer, no copies, no pooling),
+    until the device is done. Also what the batches would cost padded, for the padded/real figure."""
+    enc = _enc()
+    packed = [enc.prepare(b).to(enc.device) for b in batches]
+
+    def run() -> None:
+        for p in packed:
+            enc.model(p)
+        _sync()
+
+    times = common.timed(run, warmup, reps, max_s)
+    lengths = [len(s) for b in batches for s in b]
+    padded = sum(len(b) * max(len(s) for s in b) for b in batches)
+    return {"times": times, "tokens": sum(lengths), "n": len(lengths), "padded_tokens": padded,
+            "packed_attention": enc.info.packed_attention}
+
+
+@torch.inference_mode()
+def gemm_ceiling(tokens: int, warmup: int, reps: int, max_s: float) -> dict:
+    """The model's linear layers alone (every nn.Linear, its own weight, in order) on `tokens` rows of activations:
+    what a forward would take if nothing but its matmuls ran. tokens / time is the forward's ceiling."""
+    enc = _enc()
+    linears = [m for m in enc.model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise RuntimeError("no nn.Linear left in the model (CPU: load with linears='aten')")
+    inputs = {m.in_features: torch.randn(tokens, m.in_features, device=enc.device, dtype=enc.dtype) for m in linears}
+
+    def run() -> None:
+        for m in linears:
+            torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
+        _sync()
+
+    times = common.timed(run, warmup, reps, max_s)
+    flops = sum(2.0 * tokens * m.in_features * m.out_features for m in linears)
+    return {"times": times, "tokens": tokens, "linears": len(linears), "flops": flops}
+
+
 def flops(lengths: list[int]) -> dict:
     """Matmul FLOPs of one forward over sequences of these lengths (the model's own count)."""
     model = _enc().model
@@ -84,16 +157,25 @@ def flops(lengths: list[int]) -> dict:
 
 
 @torch.inference_mode()
-def matmul_peak(n: int = 4096, dtype: str = "float32", max_s: float = 4.0, threads: int | None = None) -> dict:
+def matmul_peak(n: int = 4096, dtype: str = "float32", max_s: float = 4.0, threads: int | None = None,
+                device: str = "cpu") -> dict:
     """This machine's dense matmul rate on n x n operands: the better of torch.mm (MKL) and oneDNN's packed matmul
-    (what our encoder may use, model/cpu_linear.py), best and median of the timed calls, and each kernel's best."""
+    (what our encoder may use, model/cpu_linear.py), best and median of the timed calls, and each kernel's best.
+    On a GPU: torch.mm (cuBLAS) alone, each call waited for."""
     if threads:
         torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    out = torch.empty(n, n, dtype=dt)
-    kernels = {"torch.mm": lambda: torch.mm(a, b, out=out)}
-    if cpu_linear.available():
+    a, b = torch.randn(n, n, dtype=dt, device=device), torch.randn(n, n, dtype=dt, device=device)
+    out = torch.empty(n, n, dtype=dt, device=device)
+    if device != "cpu":
+        def mm() -> None:
+            torch.mm(a, b, out=out)
+            torch.cuda.synchronize()
+
+        kernels = {"torch.mm": mm}
+    else:
+        kernels = {"torch.mm": lambda: torch.mm(a, b, out=out)}
+    if device == "cpu" and cpu_linear.available():
         packed = cpu_linear.PackedLinear(torch.nn.Linear(n, n, bias=False, dtype=dt))
         kernels["onednn"] = lambda: packed(a)
     work = 2.0 * n**3
@@ -107,4 +189,6 @@ def matmul_peak(n: int = 4096, dtype: str = "float32", max_s: float = 4.0, threa
 
 if __name__ == "__main__":
     common.serve({"load": load, "embed_texts": embed_texts, "embed_ids": embed_ids, "time_texts": time_texts,
-                  "time_ids": time_ids, "flops": flops, "matmul_peak": matmul_peak})
+                  "time_ids": time_ids, "score_pairs": score_pairs, "time_pairs": time_pairs,
+                  "time_forward": time_forward, "gemm_ceiling": gemm_ceiling, "flops": flops,
+                  "matmul_peak": matmul_peak})

@@ -111,19 +111,33 @@ def server_process(*args: str, env: dict[str, str] | None = None):
         server.stop()
 
 
+def wait_up(base: str, timeout: float = 30) -> None:
+    """Until the server answers HTTP (/health), ready or not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{base} not up after {timeout} s")
+
+
 @contextmanager
-def thread_server(settings, encoder):
-    """uvicorn in a thread around create_app(settings, encoder): real HTTP, injected (fake) encoder."""
+def thread_server(settings, encoder, encoders=None, ready: bool = True):
+    """uvicorn in a thread around create_app(settings, encoder, encoders=...): real HTTP, injected (fake) encoders.
+    Yields once the server is ready (or, with ready=False, once it answers HTTP at all)."""
     from app.main import create_app
 
     port = free_port()
-    app = create_app(settings.model_copy(update={"port": port}), encoder=encoder)
+    app = create_app(settings.model_copy(update={"port": port}), encoder=encoder, encoders=encoders)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, timeout=30)
+        wait_ready(base, timeout=30) if ready else wait_up(base)
         yield base, app
     finally:
         server.should_exit = True

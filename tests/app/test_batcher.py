@@ -521,3 +521,37 @@ def test_submit_before_start_and_bad_priority() -> None:
         await b.drain(1)
 
     run(main)
+
+
+def test_batchers_sharing_slots_never_compute_more_batches_than_slots() -> None:
+    """Two models' batchers on one pool of 2 slots: at most 2 batches compute at once across both, and a batch that
+    needs every slot (a lone input) is served in its turn, not starved by the other's one-slot batches."""
+    from app.batcher import ComputeSlots
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def counting(batch: list[Sequence[int]], width: int = 1) -> list[int]:
+        with lock:
+            running[0] += width
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.005)
+        with lock:
+            running[0] -= width
+        return [sum(ids) for ids in batch]
+
+    async def main() -> None:
+        slots = ComputeSlots(2)
+        a, b = make(counting, workers=2, slots=slots), make(counting, workers=2, slots=slots)
+        await a.start()
+        await b.start()
+        flood = [b.submit([[i, 1, 2]] * 4) for i in range(40)]
+        lone = [a.submit([[i, 5]]) for i in range(10)]
+        results = await asyncio.gather(*flood, *lone)
+        assert results[40:] == [[i + 5] for i in range(10)]
+        assert peak[0] <= 2
+        with pytest.raises(ValueError, match="workers=2"):
+            make(counting, workers=1, slots=slots)
+        await a.drain(1)
+        await b.drain(1)
+
+    run(main)

@@ -28,8 +28,13 @@ def embed(base: str, **body) -> dict:
 
 
 def samples(base: str) -> dict[str, float]:
+    """Each sample's value summed over its label sets (every metric carries a `model` label)."""
     text = httpx.get(f"{base}/metrics").text
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
 
 
 def test_input_type_prepends_the_prefix_and_counts_it(nomic_server):

@@ -1,47 +1,72 @@
-"""Schemathesis fuzzes the server's own OpenAPI schema (bounded examples per operation): no request it makes gets a
-5xx, and every error is OpenAI-shaped. Hypothesis builds raw JSON bodies of the values Python refuses or cannot echo
-(huge integers, lone surrogates, NaN, deep nesting) at every field: each is a 4xx. Driven through hypothesis directly
-(schemathesis' pytest plugin does not load under this pytest). Hypothesis properties of the batcher live in
+"""Schemathesis fuzzes the server's own OpenAPI schema (bounded examples per operation) on a server with an embedder
+and a reranker: no request it makes gets a 5xx, and every error is in the shape of its route's API (OpenAI's, TEI's,
+Cohere's). Hypothesis builds raw JSON bodies of the values Python refuses or cannot echo (huge integers, lone
+surrogates, NaN, deep nesting) at every field: each is a 4xx. Driven through hypothesis directly (schemathesis'
+pytest plugin does not load under this pytest). Hypothesis properties of the batcher live in
 test_batcher_properties.py."""
 
 from __future__ import annotations
 
 import httpx
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.errors import API_OF_PATH, COHERE, OPENAI, TEI
+from tests.app.conftest import server_process
+from tests.conftest import GOLDEN, NOMIC
+
 EXAMPLES = 25
+ERROR_KEYS = {OPENAI: {"message", "type", "param", "code"}, TEI: {"error", "error_type"}, COHERE: {"message"}}
 
 
-def test_no_server_errors_on_any_operation(nomic_server):
-    schema = schemathesis.openapi.from_url(f"{nomic_server.base}/openapi.json")
+@pytest.fixture(scope="module")
+def pair_server():
+    reranker = GOLDEN / "rerank" / "bert-cross-encoder-tiny"
+    with server_process("--model", f"nomic-tiny={NOMIC / 'nomic-text-tiny'}", "--model", f"rr={reranker}") as server:
+        yield server
+
+
+def error_keys(path: str, body) -> set[str]:
+    api = API_OF_PATH.get(path, OPENAI)
+    if path == "/tokenize" and isinstance(body, dict) and "inputs" in body:  # TEI's form of /tokenize
+        api = TEI
+    return ERROR_KEYS[api]
+
+
+def test_no_server_errors_on_any_operation(pair_server):
+    schema = schemathesis.openapi.from_url(f"{pair_server.base}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/embeddings", "/v1/models", "/tokenize", "/health", "/ready"}
+    assert {op.path for op in operations} >= {"/v1/embeddings", "/v1/models", "/tokenize", "/health", "/ready",
+                                              "/rerank", "/v1/rerank", "/v2/rerank", "/v1/score"}
     seen = []
     for operation in operations:
 
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case):
-            response = case.call(base_url=nomic_server.base, timeout=30)
+            response = case.call(base_url=pair_server.base, timeout=30)
             seen.append(response.status_code)
             assert response.status_code < 500, (case.path, case.body, response.text)
             if response.status_code >= 400:
-                assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+                body = response.json()
+                shape = set(body["error"]) if isinstance(body.get("error"), dict) else set(body)
+                assert shape == error_keys(case.path, case.body), (case.path, case.body, body)
 
         check()
     assert len(seen) >= len(operations) and any(s == 200 for s in seen) and any(400 <= s < 500 for s in seen)
 
 
-# Issue 17.5: JSON values Python refuses or cannot echo, at every field (and as keys), on both body routes.
+# Issue 17.5: JSON values Python refuses or cannot echo, at every field (and as keys), on every route with a body.
 NASTY = [
     "9" * 5000, "-" + "1" * 4400, "1e999", "-1e999", "NaN", "Infinity", "1.5e308", "2147483648", str(2**64), "-1",
     '"\\ud800"', '"a\\udfffb"', '"\\u0000"', '"\\ud83d"', '""', '"   "', '"search_query"', "true", "null", "{}",
     '{"a": "\\ud800"}', "[" * 2000 + "]" * 2000, "[" * 300 + "1" + "]" * 300, '["\\ud800"]', "[101, 102]",
 ]
-KEYS = ["input", "model", "dimensions", "encoding_format", "user", "input_type", "long_input", "priority",
-        "\\ud800", "\\udfff\\u0000"]
+KEYS = ["input", "inputs", "texts", "query", "documents", "model", "dimensions", "encoding_format", "input_type",
+        "long_input", "truncate", "\\ud800", "\\udfff\\u0000"]
+PATHS = ["/v1/embeddings", "/tokenize", "/embed", "/v2/embed", "/rerank", "/v1/rerank", "/embeddings"]
 
 
 def json_values():
@@ -56,17 +81,18 @@ def bodies(draw) -> bytes:
     return ("{" + ", ".join(f'"{k}": {v}' for k, v in pairs) + "}").encode()
 
 
-def test_no_json_value_makes_a_500(minilm_server):
+def test_no_json_value_makes_a_500(pair_server):
     seen = []
 
-    @given(raw=bodies(), path=st.sampled_from(["/v1/embeddings", "/tokenize"]))
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(raw=bodies(), path=st.sampled_from(PATHS))
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(raw, path):
-        r = httpx.post(minilm_server.base + path, content=raw, headers={"content-type": "application/json"}, timeout=30)
+        r = httpx.post(pair_server.base + path, content=raw, headers={"content-type": "application/json"}, timeout=30)
         seen.append(r.status_code)
-        assert r.status_code < 500, (raw[:300], r.text[:300])
-        if r.status_code >= 400:
-            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert r.status_code < 500, (path, raw[:300], r.text[:300])
+        body = r.json()  # an error in some API's shape, never a plain-text 500
+        if r.status_code >= 400 and path == "/v1/embeddings":
+            assert set(body["error"]) == ERROR_KEYS[OPENAI]
 
     check()
-    assert len(seen) >= 150 and any(400 <= s < 500 for s in seen)
+    assert len(seen) >= 200 and any(400 <= s < 500 for s in seen)

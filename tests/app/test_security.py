@@ -88,3 +88,21 @@ def test_cors_off_by_default_and_on_when_configured(nomic_server):
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
         r = httpx.options(f"{server.base}/v1/embeddings", headers={**preflight, "origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+def test_metrics_and_models_show_the_folder_name_not_its_path():
+    folder = NOMIC / "nomic-text-tiny"
+    with server_process("--model", str(folder)) as server:
+        assert httpx.get(f"{server.base}/v1/models").json()["data"][0]["id"] == "nomic-text-tiny"
+        metrics = httpx.get(f"{server.base}/metrics").text
+        assert 'model="nomic-text-tiny"' in metrics and str(folder.parent) not in metrics
+        ok = httpx.post(f"{server.base}/v1/embeddings", json={"model": "nomic-text-tiny", "input": "hi"})
+        assert ok.status_code == 200 and ok.json()["model"] == "nomic-text-tiny"
+
+
+def test_trailing_slash_is_not_redirected_to_the_clients_host(nomic_server):
+    r = httpx.post(
+        f"{nomic_server.base}/v1/embeddings/", json={"input": "hi"}, headers={"host": "evil.example"}
+    )
+    assert r.status_code == 404 and "location" not in r.headers
+    assert r.json()["error"]["code"] == "not_found"

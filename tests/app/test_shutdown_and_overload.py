@@ -9,13 +9,16 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
-from tests.app.conftest import server_process
+from tests.app.conftest import ServerProcess, server_process
+from tests.conftest import NOMIC
 
 TEXTS = [f"Request number {i}: the quick brown fox jumps over the lazy dog near the river bank." for i in range(50)]
 BODIES = [" ".join(TEXTS[i : i + 4]) for i in range(48)]  # ~60 tokens each
@@ -32,17 +35,18 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def test_sigterm_drains_admitted_work_and_exits_zero():
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_drains_admitted_work_and_exits_zero(sig):
     with server_process("--shutdown-grace-s", "30", "--max-batch-size", "16") as server:
         url = f"{server.base}/v1/embeddings"
-        body = {"input": [t * 3 for t in TEXTS[:48]]}
+        body = {"input": [t * 3 for t in TEXTS[:24]]}  # 10 x 24 inputs of ~60 tokens: seconds of work, far from 30
 
         async def scenario():
             async with httpx.AsyncClient(timeout=60) as client:
                 admitted = [asyncio.create_task(client.post(url, json=body)) for _ in range(10)]
                 await asyncio.sleep(0.5)  # all ten are now queued or running
                 start = time.monotonic()
-                server.proc.send_signal(signal.SIGTERM)
+                server.proc.send_signal(sig)
                 ready = None
                 while time.monotonic() - start < 2:
                     ready = await client.get(f"{server.base}/ready")
@@ -56,10 +60,90 @@ def test_sigterm_drains_admitted_work_and_exits_zero():
         assert ready.status_code == 503 and ready.json()["status"] == "draining" and ready_after < 1.0
         assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
         assert [r.status_code for r in answered] == [200] * 10
-        assert all(len(r.json()["data"]) == 48 for r in answered)
+        assert all(len(r.json()["data"]) == 24 for r in answered)
         start = time.monotonic()
         assert server.proc.wait(35) == 0
         assert time.monotonic() - start < 30
+
+
+HEAVY = {"input": [f"{i} " + "a long document about nothing in particular " * 28 for i in range(256)]}  # ~64k tokens
+
+
+def is_json_answer(r: httpx.Response) -> bool:
+    return r.headers.get("content-type") == "application/json" and (r.status_code == 200 or "error" in r.json())
+
+
+def post_head(port: int, length: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    sock.sendall((head % length).encode())
+    return sock
+
+
+def test_shutdown_fits_its_budget_whatever_the_clients_do():
+    """Work queued for far longer than the budget, stalled uploads, a trickled head, a silent connection and a client
+    that never reads its 8 MB answer: SIGTERM still exits 0 within --shutdown-grace-s, every admitted request gets a
+    JSON answer (200, or 503 for what the budget could not fit), and stalled uploads get their 503 at once."""
+    budget = 8.0
+    with server_process("--shutdown-grace-s", str(budget)) as server:
+        url = f"{server.base}/v1/embeddings"
+        stalled = [post_head(server.port, 10_000) for _ in range(3)]
+        for sock in stalled:
+            sock.sendall(b'{"input": "never finis')
+        trickle = socket.create_connection(("127.0.0.1", server.port))
+        trickle.sendall(b"GET /health HTTP/1.1\r\n")
+        silent = socket.create_connection(("127.0.0.1", server.port))  # noqa: F841 (held open, never written to)
+        big = json.dumps({"input": ["word " * 50] * 2048, "encoding_format": "float"}).encode()
+        never_reads = post_head(server.port, len(big))
+        never_reads.sendall(big)
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=60) as client:
+                admitted = [asyncio.create_task(client.post(url, json=HEAVY)) for _ in range(12)]
+                await asyncio.sleep(2.0)  # all admitted and queued: minutes of work on 2 cores
+                start = time.monotonic()
+                server.proc.send_signal(signal.SIGTERM)
+                answers = await asyncio.gather(*admitted)
+                return start, answers
+
+        start, answers = asyncio.run(scenario())
+        cut = []
+        for sock in stalled:
+            sock.settimeout(5)
+            cut.append(sock.recv(65536))
+        rc = server.proc.wait(budget + 5)
+        took = time.monotonic() - start
+    # the budget ends with 1.5 s to spare (app/server.py); on 2 cores shared with a dozen busy processes the event
+    # loop woke up to 1.8 s late, hence the allowance
+    assert rc == 0 and took < budget + 2.0, (rc, took)
+    assert all(is_json_answer(r) for r in answers), [(r.status_code, r.text[:80]) for r in answers]
+    assert {r.status_code for r in answers} <= {200, 503}
+    assert all(r.json()["error"]["code"] == "draining" for r in answers if r.status_code == 503)
+    assert all(c.startswith(b"HTTP/1.1 503") and b'"draining"' in c for c in cut), cut
+    assert "Traceback" not in server.output()
+
+
+def test_a_second_signal_hurries_the_drain_without_breaking_the_protocol():
+    with server_process() as server:  # the default 30 s budget
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=60) as client:
+                admitted = [
+                    asyncio.create_task(client.post(f"{server.base}/v1/embeddings", json=HEAVY)) for _ in range(8)
+                ]
+                await asyncio.sleep(2.0)
+                start = time.monotonic()
+                server.proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                server.proc.send_signal(signal.SIGINT)
+                return start, await asyncio.gather(*admitted)
+
+        start, answers = asyncio.run(scenario())
+        rc = server.proc.wait(30)
+        took = time.monotonic() - start
+    assert rc == 0 and took < 10.0, (rc, took)  # hurried: 1 s after the second signal (+ a loaded box), not 30 s
+    assert all(is_json_answer(r) for r in answers), [(r.status_code, r.text[:80]) for r in answers]
+    assert "Traceback" not in server.output()
 
 
 def test_overload_gives_429s_not_failures(minilm):
@@ -140,3 +224,30 @@ def test_overload_gives_429s_not_failures(minilm):
     # the measured capacity; the load generator shares the 2 cores, so allow 5 s. Measured here: 2.2-2.7 s.
     assert p99 < 5.0
     assert rss_after - rss_before < 200
+
+
+def test_sigterm_while_the_model_is_still_loading_exits_at_once(tmp_path):
+    """A model whose weights never arrive (a FIFO nobody writes: a hub download that hangs): the loading thread never
+    ends, and SIGTERM must not wait for it."""
+    folder = tmp_path / "never-arrives"
+    folder.mkdir()
+    for item in (NOMIC / "nomic-text-tiny").iterdir():
+        if item.is_file() and item.suffix != ".safetensors":
+            (folder / item.name).write_bytes(item.read_bytes())
+    os.mkfifo(folder / "model.safetensors")
+    server = ServerProcess("--model", str(folder))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{server.base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert httpx.get(f"{server.base}/ready").status_code == 503  # still loading
+        start = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(10) == 0
+        assert time.monotonic() - start < 5
+    finally:
+        server.stop()

@@ -9,9 +9,10 @@ import pytest
 
 from bench import checkpoint, scenarios
 from bench.__main__ import main
-from tests.conftest import NOMIC
+from tests.conftest import GOLDEN, NOMIC
 
 TINY = NOMIC / "nomic-text-tiny"
+RERANKER = GOLDEN / "rerank" / "bert-cross-encoder-tiny"
 ROW_KEYS = {"group", "scenario", "unit", "ours", "peer", "peer_value", "ratio", "better", "params"}
 
 
@@ -19,7 +20,8 @@ ROW_KEYS = {"group", "scenario", "unit", "ours", "peer", "peer_value", "ratio", 
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     rc = main(["--profile", "smoke", "--no-peers", "--minilm", str(TINY), "--nomic", str(TINY), "--out", str(out),
-               "--date", "2000-01-01", "--only", "inprocess", "nomic", "server"])
+               "--reranker", str(RERANKER), "--date", "2000-01-01", "--only", "inprocess", "rerank", "nomic",
+               "server"])
     assert rc == 0
     return out
 
@@ -27,7 +29,7 @@ def run(tmp_path_factory):
 def test_json_rows_and_machine(run):
     result = json.loads((run / "2000-01-01-cpu.json").read_text())
     assert result["profile"] == "smoke"
-    assert {r["group"] for r in result["rows"]} == {"inprocess", "nomic", "server"}
+    assert {r["group"] for r in result["rows"]} == {"inprocess", "rerank", "nomic", "server"}
     for row in result["rows"]:
         assert set(row) == ROW_KEYS, row["scenario"]
         assert isinstance(row["scenario"], str) and isinstance(row["unit"], str)
@@ -41,7 +43,7 @@ def test_json_rows_and_machine(run):
     idle = next(t for t in result["targets"] if "idle" in t["target"])
     assert idle["value"] is not None and idle["met"] in (True, False)  # ours alone is enough for this one
     scenarios_seen = " ".join(r["scenario"] for r in result["rows"])
-    for needle in ("in-process", "tokens/s", "MFU", "matmul peak", "p50", "p99", "c=4", "idle"):
+    for needle in ("in-process", "tokens/s", "MFU", "matmul peak", "p50", "p99", "c=4", "idle", "rerank", "pairs/s"):
         assert needle in scenarios_seen, needle
 
 
@@ -84,3 +86,14 @@ def test_random_checkpoint_loads_strictly_in_both_forms(tmp_path):
     twin = Encoder.load(str(tmp_path / "tiny-random-hf5"), device="cpu", dtype="float32")  # the v5 config form
     assert abs(twin.embed(twin.tokenize(["a tiny random model"])) - vecs).max() < 1e-5
     assert checkpoint.build(config=TINY / "config.json", out=tmp_path / "tiny-random", seed=3) == folder  # cached
+
+
+def test_ms_marco_sized_cross_encoder_loads_strictly_as_a_reranker(tmp_path):
+    from model.encoder import Encoder
+
+    folder = checkpoint.build_cross_encoder(seed=1, out=tmp_path / "ce")
+    enc = Encoder.load(str(folder), device="cpu", dtype="float32")  # strict load: every tensor named and shaped
+    assert enc.info.kind == "reranker" and enc.info.hidden_size == 384 and enc.info.max_input_tokens == 512
+    scores = enc.activate(enc.score(enc.tokenize_pairs("a query", ["one document", "another one"], truncate=True)))
+    assert scores.shape == (2,) and abs(scores[0] - scores[1]) > 1e-4  # Identity activation: raw, distinct logits
+    assert checkpoint.build_cross_encoder(seed=1, out=tmp_path / "ce") == folder  # cached

@@ -79,6 +79,18 @@ def run_tool():
     return _run
 
 
+# --- server settings ------------------------------------------------------------------------------------
+
+
+def setting_variables() -> list[str]:
+    """The environment variable of every server setting, from the settings class itself: a setting added later
+    fails the compose and Kubernetes tests until compose.yaml and docker/k8s/configmap.yaml forward it."""
+    from app.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    return [(prefix + name).upper() for name in Settings.model_fields]
+
+
 # --- PromQL in the deploy files -------------------------------------------------------------------------
 
 

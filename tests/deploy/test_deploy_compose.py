@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.settings import Settings
+from tests.deploy.conftest import setting_variables
+
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {
     "gpu": ["-f", "compose.yaml"],
@@ -79,7 +82,8 @@ def test_embeddings_service(config):
     variant, cfg = config
     service = cfg["services"]["embeddings"]
     env = service["environment"]
-    assert env["EMBED_MODEL"] == "nomic-ai/nomic-embed-text-v1.5"
+    models = Settings(model=env["EMBED_MODEL"]).models  # an embedder and a reranker, the embedder the default
+    assert models == [("nomic-ai/nomic-embed-text-v1.5",) * 2, ("BAAI/bge-reranker-base",) * 2]
     assert service["build"]["args"]["VARIANT"] == {"gpu": "cuda", "cpu": "cpu"}[variant]
     assert service["image"].startswith("nomic-embed-server:")
     assert [(p["target"], p["published"]) for p in service["ports"]] == [(8000, "8000")]
@@ -98,6 +102,28 @@ def test_embeddings_service(config):
     else:
         assert not devices, "the CPU override drops the GPU reservation"
         assert env["EMBED_DEVICE"] == "cpu"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("source", ["shell", "env-file"])
+def test_every_setting_reaches_the_container(compose_bin, run_tool, tmp_path, variant, source):
+    names = setting_variables()
+    assert len(names) >= 28 and "EMBED_KEEP_ALIVE_S" in names
+    values = {name: str(10000 + i) for i, name in enumerate(names)}  # numbers: valid even where used as a port
+    env, args = _compose_env(), []
+    if source == "shell":
+        env |= values
+    else:  # what `.env` next to compose.yaml does, at a path of the test's own
+        (tmp_path / "settings.env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        args = ["--env-file", str(tmp_path / "settings.env")]
+    result = run_tool([compose_bin, *VARIANTS[variant], *args, "config", "--format", "json"], env=env)
+    assert result.returncode == 0, result.stderr
+    service = json.loads(result.stdout)["services"]["embeddings"]
+    received = service["environment"]
+    dropped = [name for name in names if received.get(name) != values[name]]
+    assert not dropped, f"settings compose.yaml does not pass to the server: {dropped}"
+    port = values["EMBED_PORT"]
+    assert [(p["target"], p["published"]) for p in service["ports"]] == [(int(port), "8000")]
 
 
 def test_images_are_pinned(config):

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.config import input_limit, parse_config, read_spec
+from model.architectures import parse_config
+from model.config import input_limit, read_spec
 from model.encoder import Encoder
 from model.errors import ConfigError
 from tests.conftest import NOMIC, load_golden, unpad

@@ -12,11 +12,10 @@ from torch import nn
 
 from model import cpu_linear
 from model.activations import gelu_tanh
-from model.bert import Bert, BertConfig
+from model.architectures import build_model
 from model.config import read_spec
-from model.nomic_bert import NomicBert
 from model.packing import pack
-from model.weights import build_model, map_bert, map_nomic, read_state_dict
+from model.weights import read_state_dict
 from tests.conftest import NOMIC
 
 pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="this torch build has no oneDNN")
@@ -47,10 +46,7 @@ def test_packed_linear_in_bf16_stays_close():
 def _raw_model(folder) -> nn.Module:
     """The model as loaded, before the encoder swaps in any kernel."""
     spec = read_spec(folder, 128)
-    state = read_state_dict(folder)
-    if isinstance(spec.arch, BertConfig):
-        return build_model(lambda: Bert(spec.arch), map_bert(state, spec.arch.num_hidden_layers), folder.name)
-    return build_model(lambda: NomicBert(spec.arch), map_nomic(state, spec.arch.n_layer), folder.name)
+    return build_model(spec.architecture, spec.arch, read_state_dict(folder), folder.name)
 
 
 def _embed(model: nn.Module, batch: list[list[int]]) -> torch.Tensor:

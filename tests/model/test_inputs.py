@@ -69,8 +69,8 @@ def test_long_input_rule_and_chunk_mean(encoder):
 def test_prepare_and_embed_inputs_mix_texts_ids_and_refusals(encoder):
     long_text = " ".join(f"word{i}" for i in range(40))
     prepared = inputs.prepare_inputs(encoder, ["hello", "", [101, 7592, 102], [], long_text], "", "chunk")
-    assert [type(p).__name__ for p in prepared] == ["list", "Rejected", "list", "Rejected", "list"]
-    good = [p for p in prepared if not isinstance(p, inputs.Rejected)]
+    assert prepared[1] == "text is an empty string" and prepared[3] == "input_ids is an empty token list"
+    good = [p for p in prepared if not isinstance(p, str)]
     vectors = inputs.embed_inputs(encoder, good, dimensions=None, batch_tokens=32)
     assert vectors.shape == (3, encoder.info.hidden_size)
     np.testing.assert_allclose(vectors[0], encoder.embed(encoder.tokenize(["hello"]))[0], atol=1e-6)
@@ -78,6 +78,29 @@ def test_prepare_and_embed_inputs_mix_texts_ids_and_refusals(encoder):
     windows = good[2]
     expected = encoder.finish(inputs.mean_of_windows(list(encoder.pooled(windows)), [len(w) for w in windows])[None])
     np.testing.assert_allclose(vectors[2], expected[0], atol=1e-6)
+    refused = inputs.prepare_inputs(encoder, [long_text], "", "error")
+    assert refused == [f"text has {len(encoder.tokenize([long_text])[0])} tokens, over this model's maximum of "
+                       f"{LIMIT} (use --long-input truncate or chunk)"]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"text": "hi", "id": 3}', ("hi", 3, None)),
+        (b'{"input_ids": [1, 2]}', ([1, 2], None, None)),
+        (b'{"text": ""}', (None, None, "text is an empty string")),
+        (b'{"text": "\\ud800"}', (None, None, "text contains a lone surrogate (not valid Unicode text)")),
+        (b'{"text": 5}', (None, None, "text is not a string")),
+        (b'{"input_ids": [1, true]}', (None, None, "input_ids must be a list of integers")),
+        (b'{"foo": 1}', (None, None, inputs.RECORD_SHAPE)),
+        (b"[1]", (None, None, inputs.RECORD_SHAPE)),
+        (b"{nope", (None, None, "not JSON (Expecting property name enclosed in double quotes)")),
+        (b'{"text": "\xff"}', (None, None, "not JSON ('utf-8' codec can't decode byte 0xff in position 10: invalid "
+                                          "start byte)")),
+    ],
+)
+def test_read_record(line, expected):
+    assert inputs.read_record(line) == expected
 
 
 def test_character_cap_refuses_cuts_or_keeps_before_tokenising(encoder):

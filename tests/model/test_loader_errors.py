@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from model.encoder import Encoder
 from model.errors import ConfigError, ModelError, WeightsError
-from tests.conftest import NOMIC, ROOT
+from tests.conftest import GOLDEN, NOMIC, ROOT
 
 
 @pytest.fixture
@@ -115,3 +115,39 @@ def test_missing_folder_and_unreachable_hub(monkeypatch, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr  # one line, no traceback
     assert "not in the local cache" in result.stderr and "nomic-ai/nomic-embed-text-v1.5" in result.stderr
+
+
+def copy_golden(tmp_path, sub: str):
+    folder = tmp_path / sub.replace("/", "-")
+    shutil.copytree(GOLDEN / sub, folder)
+    return folder
+
+
+def test_modernbert_weight_errors_name_the_tensor(tmp_path):
+    folder = copy_golden(tmp_path, "modernbert/modernbert-embed-tiny")
+    state = load_file(folder / "model.safetensors")
+    del state["layers.2.attn_norm.weight"]
+    state["layers.0.attn_norm.weight"] = torch.ones(64)  # layer 0 has none: its input is the normed embedding
+    state["final_norm.weight"] = torch.ones(32)
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(WeightsError) as err:
+        Encoder.load(str(folder), device="cpu", dtype="float32")
+    message = str(err.value)
+    assert "missing: layers.2.attn_norm.weight" in message
+    assert "unexpected: layers.0.attn_norm.weight" in message
+    assert "wrong shape: final_norm.weight (32,) != (64,)" in message
+
+
+def test_reranker_without_its_head(tmp_path):
+    folder = copy_golden(tmp_path, "rerank/xlmr-reranker-tiny")
+    state = load_file(folder / "model.safetensors")
+    del state["classifier.out_proj.weight"], state["classifier.out_proj.bias"]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(WeightsError, match=r"missing: head\.out\.bias, head\.out\.weight"):
+        Encoder.load(str(folder), device="cpu", dtype="float32")
+
+
+def test_a_kind_the_architecture_does_not_have(tiny):
+    edit_config(tiny, architectures=["NomicBertForSequenceClassification"])
+    with pytest.raises(ConfigError, match="model_type='nomic_bert' is supported as embedding only, not as reranker"):
+        Encoder.load(str(tiny), device="cpu", dtype="float32")

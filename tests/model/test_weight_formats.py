@@ -3,6 +3,7 @@ sharded safetensors, and a hub id served from the Hugging Face cache (offline mo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -15,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from model.encoder import Encoder
 from model.errors import WeightsError
-from tests.conftest import NOMIC, load_golden
+from tests.conftest import GOLDEN, NOMIC, load_golden
 
 TEXTS = [c["text"] for c in load_golden(NOMIC / "nomic-text-tiny")["cases"]]
 
@@ -72,11 +73,19 @@ def test_sharded_safetensors(tmp_path, expected):
     np.testing.assert_array_equal(embed(folder), expected)
 
 
-def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, expected):
-    """What `snapshot_download` left in HF_HOME earlier is used as is, with the hub unreachable."""
-    repo = tmp_path / "hf" / "hub" / "models--nomic-ai--nomic-embed-text-v1.5"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(NOMIC / "nomic-text-tiny", repo / "snapshots" / revision)
+def fake_hub_cache(tmp_path, monkeypatch, repo_id: str, folder) -> None:
+    """`folder` as snapshot_download leaves a repo in HF_HOME: blobs named by hash, the snapshot's files (also in
+    subfolders such as 1_Pooling/) symlinks to them, refs/main naming the revision; the hub unreachable."""
+    repo = tmp_path / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}"
+    revision = "89abcdef0123456789abcdef0123456789abcdef"
+    (repo / "blobs").mkdir(parents=True)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("golden.json", "README.md")):
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = repo / "snapshots" / revision / path.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -85,5 +94,45 @@ def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, expected):
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+
+
+def test_hub_id_from_the_cache_offline(tmp_path, monkeypatch, expected):
+    """What `snapshot_download` left in HF_HOME earlier is used as is, with the hub unreachable."""
+    fake_hub_cache(tmp_path, monkeypatch, "nomic-ai/nomic-embed-text-v1.5", NOMIC / "nomic-text-tiny")
     enc = Encoder.load("nomic-ai/nomic-embed-text-v1.5", device="cpu", dtype="float32")
     np.testing.assert_array_equal(enc.embed(enc.tokenize(TEXTS)), expected)
+
+
+@pytest.mark.parametrize(
+    "repo_id, folder",
+    [
+        ("nomic-ai/modernbert-embed-base", GOLDEN / "modernbert" / "modernbert-embed-tiny"),
+        ("intfloat/multilingual-e5-base", GOLDEN / "xlmr" / "xlmr-e5-tiny"),
+        ("BAAI/bge-m3", GOLDEN / "xlmr" / "xlmr-bge-m3-tiny"),
+        ("nomic-ai/nomic-embed-text-v2-moe", GOLDEN / "nomic-moe" / "nomic-moe-tiny"),
+    ],
+)
+def test_embedders_from_the_hf_cache(tmp_path, monkeypatch, repo_id, folder):
+    local = Encoder.load(str(folder), device="cpu", dtype="float32")
+    ids = local.tokenize([c["text"] for c in load_golden(folder)["cases"]])
+    fake_hub_cache(tmp_path, monkeypatch, repo_id, folder)
+    cached = Encoder.load(repo_id, device="cpu", dtype="float32")
+    assert cached.info.pooling == local.info.pooling and cached.info.prompts == local.info.prompts
+    np.testing.assert_array_equal(cached.embed(cached.tokenize([c["text"] for c in load_golden(folder)["cases"]])),
+                                  local.embed(ids))
+
+
+@pytest.mark.parametrize(
+    "repo_id, folder",
+    [
+        ("cross-encoder/ms-marco-MiniLM-L-6-v2", GOLDEN / "rerank" / "bert-cross-encoder-tiny"),
+        ("BAAI/bge-reranker-v2-m3", GOLDEN / "rerank" / "xlmr-reranker-tiny"),
+        ("Alibaba-NLP/gte-reranker-modernbert-base", GOLDEN / "rerank" / "modernbert-reranker-tiny"),
+    ],
+)
+def test_rerankers_from_the_hf_cache(tmp_path, monkeypatch, repo_id, folder):
+    case = load_golden(folder)["cases"][0]
+    fake_hub_cache(tmp_path, monkeypatch, repo_id, folder)
+    enc = Encoder.load(repo_id, device="cpu", dtype="float32")
+    logits = enc.score(enc.tokenize_pairs(case["query"], case["documents"], truncate=True))
+    np.testing.assert_allclose(logits, [p["logit"] for p in case["pairs"]], atol=2e-5)

@@ -65,7 +65,7 @@ def corpus(tmp_path_factory) -> tuple[Path, np.ndarray, bool]:
         "print(json.dumps({'rc': rc, 'ray': 'ray' in sys.modules, 'pyarrow': 'pyarrow' in sys.modules}))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=300)  # a bound on a hang: 2,000 rows take ~130 s on a loaded 2-core box
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["rc"] == 0, result.stderr
     lines = (folder / "single.jsonl").read_text().splitlines()
@@ -188,17 +188,20 @@ def test_bad_rows_go_to_errors_with_their_reason(tmp_path):
     out = tmp_path / "out"
     result = run_cli("--model", str(TINY), "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
                      "--device", "cpu", "--ray", "local", "--max-input-tokens", "32", "--dimensions", "32")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 3, result.stderr[-3000:]  # finished, with refused rows
+    assert result.stderr.strip().splitlines()[-1].startswith(f"embedded 4 rows to {out}, refused 6 (reasons in ")
     errors = read_parts(out / "errors").sort_by("row").to_pylist()
     assert [(e["row"], e["id"]) for e in errors] == [(1, "empty"), (2, "long"), (4, "oov"), (6, "noids"), (7, None),
                                                     (8, "shape")]
-    reasons = [e["reason"] for e in errors]
-    assert reasons[0] == "empty text"
-    assert reasons[1].startswith("102 tokens is over the limit of 32")
-    assert "token id 99999 is outside the vocabulary" in reasons[2]
-    assert reasons[3] == "empty input"
-    assert reasons[4].startswith("not JSON")
-    assert reasons[5] == 'expected {"text": "..."} or {"input_ids": [...]}'
+    # the single-process path's reasons, word for word (model/inputs.py)
+    assert [e["reason"] for e in errors] == [
+        "text is an empty string",
+        "text has 102 tokens, over this model's maximum of 32 (use --long-input truncate or chunk)",
+        "input_ids has token id 99999, outside the vocabulary [0, 30528)",
+        "input_ids is an empty token list",
+        "not JSON (Expecting property name enclosed in double quotes)",
+        'expected {"text": "..."} or {"input_ids": [...]}',
+    ]
 
     table = read_parts(out).sort_by("row")
     assert table.column("row").to_pylist() == [0, 3, 9, 10]
@@ -225,8 +228,8 @@ def test_parquet_folder_in_row_numbers_and_ids_carried(tmp_path):
     pq.write_table(pa.table({"other": [1]}), src / "_SUCCESS.parquet")  # "_" files are not data, as for Spark
     out = tmp_path / "out"
     result = run_cli("--model", str(TINY), "--input", str(src), "--output", str(out), "--device", "cpu",
-                     "--ray", "local", "--dimensions", "32", "--prefix", "search_document: ")
-    assert result.returncode == 0, result.stderr[-3000:]
+                     "--ray", "local", "--dimensions", "32", "--input-type", "search_document")
+    assert result.returncode == 3, result.stderr[-3000:]  # row 150 refused
     table = read_parts(out).sort_by("row")
     good = [i for i in range(300) if i != 150]
     assert table.column("row").to_pylist() == good
@@ -237,6 +240,34 @@ def test_parquet_folder_in_row_numbers_and_ids_carried(tmp_path):
     np.testing.assert_allclose(np.array(table.column("embedding").to_pylist()), expected, atol=1e-5)
     errors = read_parts(out / "errors").to_pylist()
     assert errors == [{"row": 150, "id": 1150, "reason": "no text (the text column is null)"}]
+
+
+def test_chunk_input_type_and_revision_as_the_single_process_path(tmp_path, minilm_dir):
+    """The options the server has reach the Ray actors: a hub revision, the model's task prefix, chunked long inputs
+    (the same token-weighted mean), with the single-process CLI's vectors as the reference."""
+    from tests.model.test_embed_cli import hub_cache
+
+    env = {**ENV, **hub_cache(tmp_path, {"main": minilm_dir, "tiny": TINY})}
+    rng = random.Random(3)
+    lines = [{"id": i, "text": " ".join(rng.choices(WORDS, k=rng.choice([3, 30, 90])))} for i in range(40)]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    flags = ["--model", "acme/embedder", "--revision", "tiny", "--input", str(tmp_path / "in.jsonl"), "--device", "cpu",
+             "--max-input-tokens", "24", "--long-input", "chunk", "--input-type", "search_document"]
+    single = subprocess.run([sys.executable, "-m", "model", "embed", "--dtype", "float32", *flags, "--output",
+                             str(tmp_path / "single.jsonl")], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = [json.loads(line) for line in (tmp_path / "single.jsonl").read_text().splitlines()]
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "model", "embed", "--dtype", "float32", *flags, "--output",
+                             str(out), "--ray", "local"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = read_parts(out).sort_by("row")
+    assert table.column("id").to_pylist() == [str(r["id"]) for r in reference]
+    embeddings = np.array(table.column("embedding").to_pylist())
+    assert embeddings.shape == (40, 64)  # the `tiny` revision, not main's MiniLM (384)
+    np.testing.assert_allclose(embeddings, [r["embedding"] for r in reference], atol=1e-6)
 
 
 # ---- the pieces that make "exactly once" exact, without starting Ray ---------------------------------------------

@@ -1,0 +1,108 @@
+"""What a rerank request goes through, for a cross-encoder: validate -> tokenise the (query, document) pairs (the
+model's pair template; longest-first truncation when asked, else a 400 naming the document) -> the model's batcher
+(pairs are batched like any input) -> raw logits, or the model's activation. HTTP-free: the TEI, Cohere/Jina and vLLM
+routes only translate (app/routes/rerank.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.errors import APIError
+from app.service import ModelService
+from model.errors import InputError
+
+TRUNCATE_HINT = "Shorten it, or set truncate to true."
+
+
+@dataclass
+class RerankResult:
+    scores: np.ndarray  # (N,) float32, in the documents' order: activated, or raw logits when asked
+    tokens: int  # tokens of every pair scored (query, document and the template's special tokens)
+
+
+class RerankService(ModelService):
+    def truncate_default(self, truncate: bool | None) -> bool:
+        """A request's `truncate`, else the server's (--auto-truncate, or --long-input truncate or chunk: pairs are
+        cut, never chunked)."""
+        return truncate if truncate is not None else self.settings.long_input_default != "error"
+
+    def check_query(self, query: str, param: str = "query", mode: str = "chunk") -> str:
+        return self.check_texts([query], param=param, noun="Query", mode=mode, hint=TRUNCATE_HINT)[0]
+
+    async def pairs(self, query: str, documents: Sequence[str], truncate: bool, param: str, first: int = 0) -> list:
+        """The (query, document) pairs, tokenised; `first` is the first document's index in the request. Each text
+        is held to the character cap of a text that must fit the model's limit (cut there when truncating: a cut
+        that keeps more than the limit's tokens leaves longest-first truncation unchanged)."""
+        mode = "truncate" if truncate else "error"
+        query = self.check_query(query, mode=mode)
+        if not documents:
+            raise APIError(400, f"'{param}' must hold at least one document", param=param, code="empty_input")
+        self.check_count(len(documents), param)
+        documents = self.check_texts(documents, param=param, noun="Document", mode=mode, hint=TRUNCATE_HINT)
+        chars = len(query) * len(documents) + sum(map(len, documents))
+        try:
+            return await self.off_loop_if_long(chars, self.encoder.tokenize_pairs, query, documents, truncate)
+        except InputError as exc:  # a pair over the limit, not truncated (model.errors.PairTooLong)
+            over = vars(exc)
+            if "index" not in over:
+                raise APIError(400, str(exc), param=param, code="invalid_input") from None
+            raise APIError(
+                400,
+                f"Document {over['index'] + first} with the query is {over['tokens']} tokens, over this model's "
+                f"maximum of {over['limit']}. Shorten it, or set truncate to true.",
+                param=param,
+                code="context_length_exceeded",
+            ) from None
+
+    async def score(self, pairs: list, raw: bool, priority: str | None = None) -> RerankResult:
+        """Tokenised pairs -> their scores, in order."""
+        tokens = sum(map(len, pairs))
+        self.check_total(tokens)
+        logits = np.asarray(await self.submit(pairs, self.priority(pairs, priority)), dtype=np.float32)
+        self.metrics.tokens.labels(self.name).inc(tokens)
+        self.metrics.rerank_pairs.labels(self.name).inc(len(pairs))
+        scores = logits if raw else np.asarray(self.encoder.activate(logits), dtype=np.float32)
+        return RerankResult(scores, tokens)
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool | None = None,
+        raw: bool = False,
+        priority: str | None = None,
+        param: str = "documents",
+    ) -> RerankResult:
+        pairs = await self.pairs(query, documents, self.truncate_default(truncate), param)
+        return await self.score(pairs, raw, priority)
+
+    async def score_pairs(
+        self, queries: Sequence[str], documents: Sequence[str], *, truncate: bool | None = None
+    ) -> RerankResult:
+        """vLLM's /v1/score: one query against many documents, or queries and documents zipped (same length)."""
+        if len(queries) not in (1, len(documents)):
+            raise APIError(
+                400,
+                f"text_1 has {len(queries)} texts and text_2 {len(documents)}: give one text_1, or as many as text_2",
+                param="text_1",
+                code="invalid_value",
+            )
+        cut = self.truncate_default(truncate)
+        if len(queries) == 1:
+            pairs = await self.pairs(queries[0], documents, cut, "text_2")
+        else:
+            self.check_count(len(documents), "text_2")
+            pairs = []
+            for i, (query, document) in enumerate(zip(queries, documents)):
+                pairs += await self.pairs(query, [document], cut, "text_2", first=i)
+        return await self.score(pairs, raw=False)
+
+
+def ranked(scores: np.ndarray, top_n: int | None = None) -> list[int]:
+    """Document indices by score, best first; ties keep the documents' order (as sentence-transformers' rank)."""
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    return order if top_n is None else order[:top_n]
