@@ -155,7 +155,7 @@ def test_a_query_behind_three_bulk_requests_waits_about_two_batch_times():
             return query, query_s, await asyncio.gather(*bulk)
 
     with thread_server(settings, encoder) as (base, app):
-        query, query_s, done = asyncio.run(scenario(base, app.state.runtime.batcher))
+        query, query_s, done = asyncio.run(scenario(base, app.state.runtime.default.batcher))
     assert query.status_code == 200
     assert all(r.status_code == 200 and len(r.json()["data"]) == 1024 for r in done)  # bulk not starved either
     after = next(i for i, b in enumerate(encoder.batches) if len(b) == 1)  # the query's batch

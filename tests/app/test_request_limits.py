@@ -149,7 +149,7 @@ def test_a_full_queue_refuses_before_tokenising():
             return refused, seconds, await held
 
     with thread_server(settings, encoder) as (base, app):
-        refused, seconds, held = asyncio.run(scenario(base, app.state.runtime.batcher))
+        refused, seconds, held = asyncio.run(scenario(base, app.state.runtime.default.batcher))
     assert held.status_code == 200
     assert [r.status_code for r in refused] == [429] * 20 and all(r.headers["retry-after"] for r in refused)
     assert tokenised == [], tokenised

@@ -79,3 +79,19 @@ def test_cut_point_is_just_before_whitespace():
     assert tk.cut_point(text, 14) == 10  # before the newline
     assert tk.cut_point(text, 100) == len(text)
     assert tk.cut_point("x" * 50, 20, lo=10) == 20  # no whitespace: a hard cut
+
+
+def test_detailed_tokens_in_slices_match_the_whole_text(tokenizer, monkeypatch):
+    """TEI's /tokenize form (ids, pieces, UTF-8 byte offsets) computed in slices equals one whole-text encode."""
+    text = mixed_text(7, 3000)
+    enc = tokenizer._tok.encode(text)
+    byte_at = [0]
+    for ch in text:
+        byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+    whole = [
+        (i, tok, True, None, None) if special else (i, text[a:b], False, byte_at[a], byte_at[b])
+        for i, tok, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets)
+    ]
+    monkeypatch.setattr(tk, "SLICE_CHARS", 1500)
+    assert tokenizer.detailed(text) == whole
+    assert tokenizer.detailed(text, add_special_tokens=False) == [t for t in whole if not t[2]]
