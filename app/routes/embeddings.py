@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
+from app.errors import APIError
 from app.routes.common import (
     dumps_list,
     json_body,
@@ -69,7 +70,11 @@ def admit_unread(rt: Runtime, request: Request) -> Admission | None:
     embedders = [m for m in rt.models.values() if m.kind == EMBEDDING]
     if len(embedders) != 1:
         return None
-    return embedders[0].service.admit(tokens_in_body(request.headers.get("content-length")))
+    try:
+        return embedders[0].service.admit(tokens_in_body(request.headers.get("content-length")))
+    except APIError as exc:  # the rest of the unread body cannot be skipped: the connection ends with the answer
+        exc.headers = {**(exc.headers or {}), "Connection": "close"}
+        raise
 
 
 infinity.add_api_route(
