@@ -35,7 +35,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in 
     openapi_extra=json_body(EmbeddingRequest),
 )
 async def create_embeddings(request: Request, rt: Runtime = Depends(require_ready)) -> Response:
-    early = admit_unread(rt, request)
+    early = await admit_unread(rt, request)
     with early or contextlib.nullcontext():
         req = await parse_body(request, EmbeddingRequest)
         served = pick_model(rt, request, req.model)
@@ -63,17 +63,19 @@ async def create_embeddings(request: Request, rt: Runtime = Depends(require_read
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-def admit_unread(rt: Runtime, request: Request) -> Admission | None:
+async def admit_unread(rt: Runtime, request: Request) -> Admission | None:
     """With one embedding model, its queue is known before the body is read: a queue with no room for a body this
-    size answers 429 at once, unread. (With several, `embed` admits once the body names its model, still before any
-    tokenising.)"""
+    size answers 429 before the body is parsed (read and dropped a chunk at a time, so the client gets its answer
+    rather than a reset, under the middleware's body deadline and upload budget). With several models, `embed`
+    admits once the body names its model, still before any tokenising."""
     embedders = [m for m in rt.models.values() if m.kind == EMBEDDING]
     if len(embedders) != 1:
         return None
     try:
         return embedders[0].service.admit(tokens_in_body(request.headers.get("content-length")))
-    except APIError as exc:  # the rest of the unread body cannot be skipped: the connection ends with the answer
-        exc.headers = {**(exc.headers or {}), "Connection": "close"}
+    except APIError:
+        async for _ in request.stream():
+            pass
         raise
 
 
