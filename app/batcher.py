@@ -5,8 +5,10 @@ hands them to `workers` worker threads (one by default), so the loop never block
 
 Scheduling:
 - class: interactive (priority 0) first. Bulk (1) runs when no interactive item waits, or when its
-  oldest item has waited `starvation_ms` and bulk got no batch in the last `starvation_ms`: bulk
-  always progresses, yet a query behind 10,000 bulk items waits about two batch times.
+  oldest item has waited `starvation_ms`, bulk got no batch in the last `starvation_ms` and the batch
+  dispatched last was interactive: bulk always progresses (at least every other batch), yet a query
+  behind 10,000 bulk items waits about two batch times, however long a batch takes. (Without the
+  every-other-batch rule, batches longer than `starvation_ms` made every dispatch "starved" bulk.)
 - batch: the class's oldest item plus its nearest neighbours by length (small padding), grown while
   `cost(lengths) <= max_batch_tokens` and size <= `max_batch_size`; an oversized item runs alone.
 - timing: a full batch goes at once; an idle worker waits up to `max_wait_ms` from the oldest item's
@@ -187,6 +189,7 @@ class Batcher(Generic[R]):
         self._inflight: list[_Job] = []  # the running jobs (at most `workers`), then at most one waiting ahead
         self._open: set[_Request] = set()
         self._last_bulk = float("-inf")
+        self._last_class = INTERACTIVE  # the class of the batch dispatched last
         self._last_arrival = float("-inf")
         self._sparse = True  # the latest request came more than max_wait after the one before it
         self._rate: float | None = None  # recent throughput, real tokens per compute second
@@ -236,6 +239,13 @@ class Batcher(Generic[R]):
         self._task = self._loop.create_task(self._dispatcher(), name="batcher-dispatcher")
         self._task.add_done_callback(self._on_dispatcher_exit)
 
+    def check_room(self, tokens: int) -> None:
+        """Raise Overloaded unless `tokens` more fit in the queue: submit's own test, for callers that admit work
+        before they have its token ids."""
+        if self._queue_tokens + tokens > self.max_queue_tokens:
+            excess = self._queue_tokens + tokens - self.max_queue_tokens
+            raise Overloaded(max(1.0, excess / self._rate) if self._rate else 1.0)
+
     async def submit(
         self, items: Sequence[Sequence[int]], *, priority: int = 0, deadline: float | None = None
     ) -> list[R]:
@@ -249,10 +259,7 @@ class Batcher(Generic[R]):
             raise ValueError(f"priority must be 0 (interactive) or 1 (bulk), got {priority}")
         if not items:
             return []
-        tokens = sum(len(ids) for ids in items)
-        if self._queue_tokens + tokens > self.max_queue_tokens:  # all or nothing
-            excess = self._queue_tokens + tokens - self.max_queue_tokens
-            raise Overloaded(max(1.0, excess / self._rate) if self._rate else 1.0)
+        self.check_room(sum(len(ids) for ids in items))  # all or nothing
         now = self._loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline passed before the request was queued")
@@ -398,7 +405,11 @@ class Batcher(Generic[R]):
             return INTERACTIVE
         if not self._by_len[INTERACTIVE]:
             return BULK
-        starved = now - self._oldest(BULK).arrival >= self._starvation and now - self._last_bulk >= self._starvation
+        starved = (
+            self._last_class == INTERACTIVE
+            and now - self._last_bulk >= self._starvation
+            and now - self._oldest(BULK).arrival >= self._starvation
+        )
         return BULK if starved else INTERACTIVE
 
     def _plan(self, cls: int) -> tuple[list[_Item], bool, float]:
@@ -429,6 +440,7 @@ class Batcher(Generic[R]):
             return
         if cls == BULK:
             self._last_bulk = now
+        self._last_class = cls
         preemptible = cls == BULK and not self._by_len[INTERACTIVE]
         others_busy = self._shared_slots and self._slots.free < self._workers  # another model's batch computes
         if self._slots_claimed() > 0 or others_busy:  # others compute: this batch gets one slot

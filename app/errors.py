@@ -89,9 +89,16 @@ def tei_status(status: int, code: str | None) -> tuple[int, str]:
     return status, "validation"
 
 
+def printable(text: str | None) -> str | None:
+    """Client text echoed into an error can hold lone surrogates (valid JSON escapes, not encodable as UTF-8):
+    they are written as `\\udXXX` escapes instead of failing the response."""
+    return text if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None,
                api: str = OPENAI) -> tuple[int, dict[str, Any]]:
     """(status, body) of an error in `api`'s shape."""
+    message, param = printable(message) or "", printable(param)
     if api == TEI:
         status, error_type = tei_status(status, code)
         return status, {"error": message, "error_type": error_type}

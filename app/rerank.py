@@ -14,6 +14,8 @@ from app.errors import APIError
 from app.service import ModelService
 from model.errors import InputError
 
+TRUNCATE_HINT = "Shorten it, or set truncate to true."
+
 
 @dataclass
 class RerankResult:
@@ -27,16 +29,19 @@ class RerankService(ModelService):
         cut, never chunked)."""
         return truncate if truncate is not None else self.settings.long_input_default != "error"
 
-    def check_query(self, query: str, param: str = "query") -> None:
-        self.check_texts([query], param=param, noun="Query")
+    def check_query(self, query: str, param: str = "query", mode: str = "chunk") -> str:
+        return self.check_texts([query], param=param, noun="Query", mode=mode, hint=TRUNCATE_HINT)[0]
 
     async def pairs(self, query: str, documents: Sequence[str], truncate: bool, param: str, first: int = 0) -> list:
-        """The (query, document) pairs, tokenised; `first` is the first document's index in the request."""
-        self.check_query(query)
+        """The (query, document) pairs, tokenised; `first` is the first document's index in the request. Each text
+        is held to the character cap of a text that must fit the model's limit (cut there when truncating: a cut
+        that keeps more than the limit's tokens leaves longest-first truncation unchanged)."""
+        mode = "truncate" if truncate else "error"
+        query = self.check_query(query, mode=mode)
         if not documents:
             raise APIError(400, f"'{param}' must hold at least one document", param=param, code="empty_input")
         self.check_count(len(documents), param)
-        self.check_texts(documents, param=param, noun="Document")
+        documents = self.check_texts(documents, param=param, noun="Document", mode=mode, hint=TRUNCATE_HINT)
         chars = len(query) * len(documents) + sum(map(len, documents))
         try:
             return await self.off_loop_if_long(chars, self.encoder.tokenize_pairs, query, documents, truncate)

@@ -2,13 +2,75 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
 Texts = Annotated[list[StrictStr], Field(min_length=1)]
 EmbeddingInput = StrictStr | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+
+INPUT_FORMS = "a non-empty string, a list of strings, a list of token ids or a list of token-id lists"
+TEXT_FORMS = "a non-empty string or a list of strings"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def input_problem(value: Any, forms: str = INPUT_FORMS) -> str:
+    """Why `value` is not an accepted `input`, naming the field, the accepted forms and the first element at fault
+    (pydantic's own message for a union names only its first branch, e.g. `input.str`)."""
+    got = f"got {_kind(value)}"
+    texts_only = forms == TEXT_FORMS
+    if isinstance(value, list) and not value:
+        got = "got an empty list"
+    elif isinstance(value, list):
+        first = value[0]
+        if isinstance(first, str):
+            j = next((j for j, x in enumerate(value) if not isinstance(x, str)), 0)
+            got = f"got a list of strings with {_kind(value[j])} at input[{j}]"
+        elif texts_only:
+            got = f"got a list of {_kind(first).split(' ', 1)[-1]}s (this route takes text)"
+        elif _is_id(first):
+            j = next((j for j, x in enumerate(value) if not _is_id(x)), 0)
+            got = f"got a list of token ids with {_kind(value[j])} at input[{j}]"
+        elif isinstance(first, list):
+            for j, ids in enumerate(value):
+                if not isinstance(ids, list):
+                    got = f"got a list of token-id lists with {_kind(ids)} at input[{j}]"
+                    break
+                if not ids:
+                    got = f"got an empty token-id list at input[{j}]"
+                    break
+                k = next((k for k, x in enumerate(ids) if not _is_id(x)), None)
+                if k is not None:
+                    got = f"got a list of token-id lists with {_kind(ids[k])} at input[{j}][{k}]"
+                    break
+        else:
+            got = f"got a list starting with {_kind(first)}"
+    return f"'input' must be {forms}; {got}"
+
+
+def _input_validator(forms: str):
+    def check(cls, value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:  # only a refused input pays for the description
+            raise PydanticCustomError("input_shape", input_problem(value, forms)) from None
+
+    return field_validator("input", mode="wrap")(classmethod(check))
 
 
 class EmbeddingRequest(BaseModel):
@@ -44,6 +106,8 @@ class EmbeddingRequest(BaseModel):
     truncation_direction: Literal["left", "right"] = Field(
         "right", description="Extension: when truncating, left drops the start of the text and keeps its end."
     )
+
+    _input_shape = _input_validator(INPUT_FORMS)
 
 
 class Embedding(BaseModel):
@@ -103,6 +167,8 @@ class TokenizeRequest(BaseModel):
     input: StrictStr | Texts
     model: StrictStr | None = None
     input_type: StrictStr | None = None
+
+    _input_shape = _input_validator(TEXT_FORMS)
 
 
 class TokenizedInput(BaseModel):

@@ -1,13 +1,22 @@
-"""What a request for embeddings goes through: validate -> prefix and tokenize -> length rules -> cache -> batcher ->
-Matryoshka/normalise -> encode. HTTP-free, so the rules read in one place; the routes only translate. `ModelService`
-holds what every model's service shares (the rerank service in app/rerank.py builds on it too)."""
+"""What a request for embeddings goes through, HTTP-free, so every API surface calls the same steps:
+
+    plan      shapes, counts and character caps, cache look-ups, a token estimate: no tokenising yet
+    admit     a guess at the tokens is held against the queue (routes take it from the body's size before reading
+              it): 429 at once when it cannot fit, before the expensive work
+    tokenize  bounded slices of text (off the event loop past a few KB), stopping at the first input or total that
+              breaks a limit, so a hostile request costs at most max_tokens_per_request tokens of work
+    submit    the batcher; then the chunk mean and Matryoshka/normalise for all inputs at once, and the cache
+
+The input rules themselves are in model/inputs.py, shared with the offline jobs; the routes only translate.
+`ModelService` holds what every model's service shares (the rerank service in app/rerank.py builds on it too).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +32,14 @@ from model import inputs
 INTERACTIVE_MAX_INPUTS = 8  # requests this small (and short) jump ahead of bulk work
 INTERACTIVE_MAX_TOKENS = 1024
 INLINE_TOKENIZE_CHARS = 2048  # below this, tokenising on the event loop is cheaper than handing it to a thread
+# Admission's guess at a request's tokens before it is tokenised (the real count replaces it when the items are
+# queued): 4 characters (or body bytes) a token, English prose on BERT vocabularies (4-5 measured; README: character
+# caps). A guess is capped at max_tokens_per_request (and max_queue_tokens), so it never refuses a request an empty
+# queue could take. Denser text (code 2.9-3.5, CJK ~1.2) is guessed short: such a request, admitted into a nearly full
+# queue, gets its 429 after tokenising instead, at most max_tokens_per_request tokens of work. A guess on the long
+# side would refuse work a tight queue (the overload test: 2,000 tokens) could hold.
+ADMISSION_CHARS_PER_TOKEN = 4
+LONG_HINT = "Shorten it, or set long_input to 'truncate' or 'chunk'."
 
 
 @dataclass
@@ -33,6 +50,20 @@ class Prepared:
     tokens: int
     cache_key: tuple | None = None
     vector: np.ndarray | None = None  # set on a cache hit
+
+
+@dataclass
+class Plan:
+    """A request checked and looked up, not yet tokenised: what is left to do and what admission holds for it."""
+
+    prepared: list[Prepared]
+    texts: list[str] | None = None  # the inputs still to embed (cache misses): texts, or token-id lists
+    ids: list[list[int]] | None = None
+    todo: list[int] = field(default_factory=list)  # their indices in `prepared`
+    prefix: str = ""
+    mode: str = "error"
+    left: bool = False  # truncation keeps the end of the text
+    estimate: int = 0
 
 
 class AllTokens(list):
@@ -53,15 +84,39 @@ class ModelService:
         self.encoder, self.batcher, self.settings, self.metrics = encoder, batcher, settings, metrics
         self.info = encoder.info
         self.name = name  # the served name: the cache keys and the metrics' `model` label
+        self.reserved_tokens = 0  # admission's guesses for requests still being parsed or tokenised
 
-    @staticmethod
-    def check_texts(texts: Sequence[str], param: str = "input", noun: str = "Input") -> None:
+    def check_texts(
+        self,
+        texts: Sequence[str],
+        param: str = "input",
+        noun: str = "Input",
+        mode: str = "chunk",
+        left: bool = False,
+        hint: str = LONG_HINT,
+    ) -> list[str]:
+        """Empty, NUL and lone-surrogate texts are refused; then the character caps, before any tokenising: each text
+        against max_input_tokens x max_chars_per_token (refused under 'error', cut under 'truncate'; 'chunk' keeps
+        every character), and the request's total against max_tokens_per_request x max_chars_per_token. The texts
+        as they will be tokenised."""
+        per_token, out = self.settings.max_chars_per_token, []
         for i, text in enumerate(texts):
             try:
                 inputs.check_text(text)
+                out.append(inputs.cap_text(text, mode, self.info.max_input_tokens, per_token, left))
             except inputs.Rejected as exc:
                 exc.param = param
-                raise rejected(exc, i, noun=noun) from None
+                raise rejected(exc, i, hint if exc.code == "context_length_exceeded" else "", noun) from None
+        total, cap = sum(map(len, out)), self.settings.max_tokens_per_request * per_token
+        if total > cap:
+            raise APIError(
+                400,
+                f"The request has {total} characters of text, over the per-request maximum of {cap} "
+                f"({self.settings.max_tokens_per_request} tokens x {per_token} characters a token)",
+                param=param,
+                code="max_tokens_per_request",
+            )
+        return out
 
     def check_count(self, n: int, param: str = "input") -> None:
         if n > self.settings.max_inputs_per_request:
@@ -72,15 +127,46 @@ class ModelService:
                 code="too_many_inputs",
             )
 
-    def check_total(self, total: int, param: str = "input") -> None:
-        if total > self.settings.max_tokens_per_request:
+    def check_total(self, total: int, param: str = "input", exact: bool = True, seen: int = 0, n: int = 0) -> None:
+        """The per-request token cap. `exact` False: tokenising stopped once past it, after `seen` of `n` inputs."""
+        most = self.settings.max_tokens_per_request
+        if total > most:
+            counted = f"{total} tokens" if exact else f"over {most} tokens ({total} in the first {seen} of {n} inputs)"
             raise APIError(
                 400,
-                f"The request has {total} tokens, over the per-request maximum of "
-                f"{self.settings.max_tokens_per_request}",
+                f"The request has {counted}, over the per-request maximum of {most}",
                 param=param,
                 code="max_tokens_per_request",
             )
+
+    # ---- admission --------------------------------------------------------------------------------------------
+    def admit(self, tokens: int) -> Admission:
+        """Hold a guess at a request's tokens against the queue until its items are queued: 429 at once when the
+        queue, with every request still being parsed or tokenised, has no room for it. Routes call it with the body's
+        size (`tokens_in_body`) before they read the body; `embed` narrows it to the request's own estimate."""
+        tokens = max(1, min(tokens, self.most_admitted))
+        self.check_room(tokens)
+        return Admission(self, tokens)
+
+    @property
+    def most_admitted(self) -> int:
+        """The largest guess admission holds: a guess alone never refuses a request an empty queue could take."""
+        return min(self.settings.max_tokens_per_request, self.settings.max_queue_tokens)
+
+    def check_room(self, tokens: int) -> None:
+        try:
+            self.batcher.check_room(self.reserved_tokens + tokens)
+        except Overloaded as exc:
+            raise self.overloaded(exc) from None
+
+    def overloaded(self, exc: Overloaded) -> APIError:
+        self.metrics.rejected.labels(self.name, "overloaded").inc()
+        return APIError(
+            429,
+            "The server is overloaded; retry after the Retry-After seconds",
+            code="overloaded",
+            headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+        )
 
     @staticmethod
     async def off_loop_if_long(chars: int, fn, *args):
@@ -104,14 +190,7 @@ class ModelService:
         try:
             return await self.batcher.submit(items, priority=priority, deadline=deadline)
         except Overloaded as exc:
-            self.metrics.rejected.labels(self.name, "overloaded").inc()
-            retry = str(max(1, round(exc.retry_after)))
-            raise APIError(
-                429,
-                "The server is overloaded; retry after the Retry-After seconds",
-                code="overloaded",
-                headers={"Retry-After": retry},
-            ) from None
+            raise self.overloaded(exc) from None
         except Draining:
             self.metrics.rejected.labels(self.name, "draining").inc()
             raise APIError(503, "The server is shutting down", code="draining", headers={"Retry-After": "1"}) from None
@@ -193,90 +272,181 @@ class EmbeddingService(ModelService):
 
     @staticmethod
     def split_input(raw) -> tuple[list[str] | None, list[list[int]] | None]:
-        """OpenAI's four input shapes -> texts or token-id lists."""
+        """OpenAI's four input shapes -> texts or token-id lists (no copies: the body's lists are ours)."""
         if isinstance(raw, str):
             return [raw], None
         if isinstance(raw[0], str):
-            return list(raw), None
+            return raw, None
         if isinstance(raw[0], int):
-            return None, [list(raw)]
-        return None, [list(x) for x in raw]
-
-    async def tokenize(self, texts: Sequence[str], prefix: str) -> list[list[int]]:
-        if self.encoder.tokenizer is None:
-            raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
-        return await self.off_loop_if_long(sum(map(len, texts)), self.encoder.tokenize, texts, prefix)
+            return None, [raw]
+        return None, raw
 
     def fit(self, ids: list[int], index: int, mode: str, from_text: bool, left: bool = False) -> list[list[int]]:
         """Apply the long-input rule (model/inputs.py)."""
         try:
             return inputs.fit(self.encoder, ids, mode, from_text, left)
         except inputs.Rejected as exc:
-            raise rejected(exc, index, "Shorten it, or set long_input to 'truncate' or 'chunk'.") from None
+            raise rejected(exc, index, LONG_HINT) from None
 
-    async def prepare(self, req: EmbeddingRequest, use_cache: bool = True) -> list[Prepared]:
+    # ---- tokenising, bounded ----------------------------------------------------------------------------------
+    def _tokenize_and_fit(
+        self, texts: Sequence[str], prefix: str, mode: str | None, where: Sequence[int], left: bool
+    ) -> list[list[list[int]]]:
+        """Each text's windows (its whole ids when `mode` is None). Tokenises lazily (model/tokenizer.py: a bounded
+        slice of text per call) and stops at the first text over the model's limit under 'error', or once the total
+        passes max_tokens_per_request."""
+        budget, total, out = self.settings.max_tokens_per_request, 0, []
+        for k, ids in enumerate(self.encoder.iter_tokenize(texts, prefix, stop_after=budget)):
+            windows = [ids] if mode is None else self.fit(ids, where[k], mode, True, left)
+            total += sum(map(len, windows))
+            # a text past the budget on its own was cut short there: its count is a lower bound
+            self.check_total(total, exact=k + 1 == len(texts) and len(ids) <= budget, seen=k + 1, n=len(texts))
+            out.append(windows)
+        return out
+
+    async def tokenize(
+        self, texts: Sequence[str], prefix: str, mode: str | None = None, where: Sequence[int] = (), left: bool = False
+    ) -> list[list[list[int]]]:
+        """Token ids of texts that passed `check_texts`, under the long-input rule `mode`: each text's windows, one
+        unless chunked (`where` numbers the texts in errors). Under the per-request token cap; off the event loop
+        unless the texts are short."""
+        if self.encoder.tokenizer is None:
+            raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
+        where = where or range(len(texts))
+        return await self.off_loop_if_long(
+            sum(map(len, texts)), self._tokenize_and_fit, texts, prefix, mode, where, left
+        )
+
+    async def token_ids(self, texts: Sequence[str], input_type: str | None) -> list[list[int]]:
+        """/tokenize: every token of each text (prefix and special tokens included, none cut), under the caps that
+        embedding in 'chunk' mode has."""
+        self.check_count(len(texts))
+        texts = self.check_texts(texts)
+        _, prefix = self.prefix_for(input_type)
+        return [windows[0] for windows in await self.tokenize(texts, prefix)]
+
+    # ---- the work ---------------------------------------------------------------------------------------------
+    def plan(self, req: EmbeddingRequest, use_cache: bool = True) -> Plan:
+        """Everything that needs no tokenising: shapes, counts, caps, cache look-ups and the admission estimate."""
         texts, id_lists = self.split_input(req.input)
-        self.check_count(len(texts) if texts is not None else len(id_lists or []))
+        n = len(texts if texts is not None else id_lists or [])
+        self.check_count(n)
         self.check_dimensions(req.dimensions)
-        task, prefix = self.prefix_for(req.input_type) if texts is not None else ("", "")
         mode = req.long_input or self.settings.long_input_default
+        left = req.truncation_direction == "left"
+        limit = self.info.max_input_tokens
         variant = (req.dimensions, mode, req.normalize, req.truncation_direction)  # all that changes a vector
+        plan = Plan([], mode=mode, left=left)
         keys: list[tuple] = []
         if texts is not None:
-            self.check_texts(texts)
+            texts = self.check_texts(texts, mode=mode, left=left)
+            task, plan.prefix = self.prefix_for(req.input_type)
             keys = [(self.name, task, text, *variant) for text in texts]
         else:
             assert id_lists is not None
+            self.check_total(sum(min(len(x), limit) if mode == "truncate" else len(x) for x in id_lists))
             for i, ids in enumerate(id_lists):
                 try:
                     inputs.check_ids(ids, self.info.vocab_size)
                 except inputs.Rejected as exc:
                     raise rejected(exc, i) from None
-            keys = [(self.name, "", tuple(ids), *variant) for ids in id_lists]
-
-        prepared = [Prepared([], 0, key) for key in keys]
-        if self.cache.enabled and use_cache:
-            for p in prepared:
+            if self.cache.enabled:  # tuples copy the ids: only when they are used
+                keys = [(self.name, "", tuple(ids), *variant) for ids in id_lists]
+        use_cache = use_cache and self.cache.enabled
+        plan.prepared = [Prepared([], 0, keys[i] if use_cache else None) for i in range(n)]
+        if use_cache:
+            for p in plan.prepared:
                 hit = self.cache.get(p.cache_key)
                 if hit is not None:
                     p.vector, p.tokens = hit
-            hits = sum(p.vector is not None for p in prepared)
+            hits = sum(p.vector is not None for p in plan.prepared)
             self.metrics.cache_hits.labels(self.name).inc(hits)
-            self.metrics.cache_misses.labels(self.name).inc(len(prepared) - hits)
-        todo = [i for i, p in enumerate(prepared) if p.vector is None]
-        if texts is not None and todo:
-            ids_todo = await self.tokenize([texts[i] for i in todo], prefix)
+            self.metrics.cache_misses.labels(self.name).inc(n - hits)
+        plan.todo = [i for i, p in enumerate(plan.prepared) if p.vector is None]
+        if texts is not None:
+            plan.texts = [texts[i] for i in plan.todo]
+            plan.estimate = sum(map(len, plan.texts)) // ADMISSION_CHARS_PER_TOKEN + 2 * len(plan.texts)
         else:
-            ids_todo = [id_lists[i] for i in todo] if id_lists is not None else []
-        total = 0
-        for i, ids in zip(todo, ids_todo):
-            prepared[i].windows = self.fit(ids, i, mode, texts is not None, req.truncation_direction == "left")
-            prepared[i].tokens = sum(len(w) for w in prepared[i].windows)
-            total += prepared[i].tokens
-        self.check_total(total)
-        return prepared
+            assert id_lists is not None
+            plan.ids = [id_lists[i] for i in plan.todo]
+            plan.estimate = sum(min(len(x), limit) if mode == "truncate" else len(x) for x in plan.ids)
+        return plan
 
-    # ---- the work ---------------------------------------------------------------------------------------------
-    async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
-        prepared = await self.prepare(req)
-        items = [w for p in prepared if p.vector is None for w in p.windows]
-        if items:
-            pooled = await self.submit(items, self.priority(items, req.priority))
-            at = 0
-            for p in prepared:
-                if p.vector is not None:
-                    continue
-                mean = inputs.mean_of_windows(pooled[at : at + len(p.windows)], [len(w) for w in p.windows])
+    async def windows(self, plan: Plan) -> None:
+        """Tokenise (or cut) the plan's inputs into their windows, filling `prepared`."""
+        if plan.texts is not None:
+            fitted = await self.tokenize(plan.texts, plan.prefix, plan.mode, plan.todo, plan.left) if plan.texts else []
+        else:
+            fitted = [self.fit(ids, i, plan.mode, False, plan.left) for i, ids in zip(plan.todo, plan.ids or [])]
+        for i, windows in zip(plan.todo, fitted):
+            plan.prepared[i].windows = windows
+            plan.prepared[i].tokens = sum(map(len, windows))
+
+    async def prepare(self, req: EmbeddingRequest, use_cache: bool = True) -> list[Prepared]:
+        """A request's inputs checked, looked up and tokenised into their windows (no admission, no batcher)."""
+        plan = self.plan(req, use_cache)
+        await self.windows(plan)
+        return plan.prepared
+
+    async def embed(self, req: EmbeddingRequest, admission: Admission | None = None) -> EmbeddingResult:
+        """The embeddings of a request, in input order. `admission`: what the route held before reading the body."""
+        plan = self.plan(req)
+        todo = [plan.prepared[i] for i in plan.todo]
+        if todo:
+            with admission or self.admit(plan.estimate) as held:
+                held.resize(plan.estimate)
+                await self.windows(plan)
+                items = [w for p in todo for w in p.windows]
+                held.release()  # the items are queued (and counted there) in the same step as this
+                pooled = await self.submit(items, self.priority(items, req.priority))
+            means, at = [], 0
+            for p in todo:
+                means.append(inputs.mean_of_windows(pooled[at : at + len(p.windows)], [len(w) for w in p.windows]))
                 at += len(p.windows)
-                p.vector = self.encoder.finish(mean[None, :], req.dimensions, req.normalize)[0]
+            # one call for the whole request, not one per input (2,048 calls held the event loop ~35 ms)
+            vectors = self.encoder.finish(np.stack(means), req.dimensions, req.normalize)
+            for p, vector in zip(todo, vectors):
+                p.vector = vector
                 if self.cache.enabled:
-                    self.cache.put(p.cache_key, p.vector, p.tokens)
+                    self.cache.put(p.cache_key, vector, p.tokens)
             if self.cache.enabled:
                 self.metrics.cache_bytes.labels(self.name).set(self.cache.bytes)
-        tokens = sum(p.tokens for p in prepared)
+        tokens = sum(p.tokens for p in plan.prepared)
         self.metrics.tokens.labels(self.name).inc(tokens)
-        self.metrics.embeddings.labels(self.name).inc(len(prepared))
-        return EmbeddingResult([p.vector for p in prepared if p.vector is not None], tokens)
+        self.metrics.embeddings.labels(self.name).inc(len(plan.prepared))
+        return EmbeddingResult([p.vector for p in plan.prepared if p.vector is not None], tokens)
+
+
+class Admission:
+    """Tokens a request holds against the queue while it is parsed and tokenised (`ModelService.admit`)."""
+
+    def __init__(self, service: ModelService, tokens: int):
+        self.service, self.tokens = service, tokens
+        service.reserved_tokens += tokens
+
+    def resize(self, tokens: int) -> None:
+        """Hold `tokens` instead (a better estimate); 429 if the queue has no room for the increase."""
+        tokens = max(0, min(tokens, self.service.most_admitted))
+        if tokens > self.tokens:
+            self.service.check_room(tokens - self.tokens)
+        self.service.reserved_tokens += tokens - self.tokens
+        self.tokens = tokens
+
+    def release(self) -> None:
+        self.service.reserved_tokens -= self.tokens
+        self.tokens = 0
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def tokens_in_body(content_length: str | None) -> int:
+    """Admission's guess at a request's tokens from its body's size, before reading it: ADMISSION_CHARS_PER_TOKEN
+    bytes a token (token ids take 5-6 bytes each with the comma: a long guess); 0 when the size is unknown."""
+    return int(content_length) // ADMISSION_CHARS_PER_TOKEN if content_length and content_length.isdigit() else 0
 
 
 def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "", noun: str = "Input") -> APIError:

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # request limits (OpenAI's defaults)
     max_inputs_per_request: int = Field(2048, ge=1, description="Most inputs in one request.")
     max_tokens_per_request: int = Field(300_000, ge=1, description="Most tokens summed over one request's inputs.")
+    max_chars_per_token: int = Field(
+        32, ge=1, description="Character caps checked before tokenising, per token of a limit: an input may hold "
+        "max-input-tokens x this (else a 400, or cut there under long_input=truncate), a request "
+        "max-tokens-per-request x this. 32 is ~2x the ceiling for single-spaced text on the shipped vocabulary (19) "
+        "and ~5x the worst real text measured (README: what a request may cost)."
+    )
     long_input: Literal["error", "truncate", "chunk"] = Field(
         "error", description="Default for inputs over the limit: 400 error, truncate, or chunk and average."
     )

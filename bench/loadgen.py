@@ -143,3 +143,16 @@ def run_load_spread(
         latencies_s=[t for p in parts for t in p.latencies_s],
         first_error=next((p.first_error for p in parts if p.first_error), None),
     )
+
+
+def post_together(url: str, body: dict, n: int, timeout_s: float = 300) -> list[int]:
+    """`n` copies of one POST sent at once (the bulk side of the priority scenario, run in its own process so its
+    clients' JSON work does not slow the measured side); their statuses."""
+    check_loopback(url)
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_connections=n)) as client:
+            answers = await asyncio.gather(*(client.post(url, json=body) for _ in range(n)))
+        return [a.status_code for a in answers]
+
+    return asyncio.run(main())

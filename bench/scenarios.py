@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from bench import checkpoint, inputs, loadgen, servers, venvs
 from bench.runner import Runner, RunnerError
@@ -37,6 +41,8 @@ class Profile:
     idle_requests: int
     fastpath: bool = True
     bf16_servers: bool = True  # the bf16 server pair, on CPUs with native bf16
+    bulk_rounds: int = 5  # priority scenario: rounds of three bulk requests, queries sent throughout each
+    bulk_inputs: int = 2048  # texts per bulk request
 
 
 def _mixed(count: int, low: int, high: int, seed: int) -> tuple[int, ...]:
@@ -61,13 +67,13 @@ PROFILES = {
                                   ("512x16", "512 tok x 4", (512,) * 4), ("long", "long 1024 tok x 1", (1024,)),
                                   ("mixed", "mixed 16-256 tok x 8", _mixed(8, 16, 256, seed=1))),
                      nomic_long_reps=1, concurrency=(1, 16, 64), requests={1: 30, 16: 128, 64: 192}, load_max_s=3.0,
-                     idle_requests=30, fastpath=False, bf16_servers=False),
+                     idle_requests=30, fastpath=False, bf16_servers=False, bulk_rounds=2),
     # tests/bench: tiny models, our side only, a handful of calls
     "smoke": Profile("smoke", warmup=0, reps=1, max_s=0.5, batch_sizes=(1, 4), min_texts=4,
                      nomic_cases=(("short", "short 16 tok x 4", (16,) * 4), ("mixed", "mixed 8-64 tok x 4",
                                                                             _mixed(4, 8, 64, seed=1))),
                      nomic_long_reps=1, concurrency=(1, 4), requests={1: 5, 4: 12}, load_max_s=3.0, idle_requests=3,
-                     fastpath=False, bf16_servers=False),
+                     fastpath=False, bf16_servers=False, bulk_rounds=1, bulk_inputs=256),
 }
 
 
@@ -410,6 +416,78 @@ def _server_pair(ctx: Context, dtype: str, texts: dict[str, list[str]], points: 
                              dtype=dtype, ours_run=mine[key], peer_run=theirs[key] if theirs else None))
 
 
+# ---- a query behind bulk work (issue 18.6) ---------------------------------------------------------------------------
+BULK_REQUESTS = 3
+
+
+def priority(ctx: Context) -> None:
+    """Three requests of 2,048 short texts in flight (sent together from another process), and short queries one
+    after another from this one for as long as they last, round after round: the queries' p50/p99, ours and the
+    peer's under the same load. Params carry each server's idle query latency and the time of one 256-input batch
+    (alone), the yardsticks of the README's claim ("a query waits about two batch times")."""
+    p = ctx.profile
+    tok = ctx.minilm / "tokenizer.json"
+    bulk = inputs.texts_of_length(tok, 16, p.bulk_inputs, seed=31)
+    queries = inputs.texts_of_length(tok, 12, 64, seed=32)
+    up: list[servers.Server] = []
+    results: dict[str, dict] = {}
+    try:
+        up.append(servers.ours(str(ctx.minilm), ctx.work).start())
+        if ctx.peers:
+            try:
+                exe = venvs.ensure(venvs.PEERS["infinity"]).parent / "infinity_emb"
+                up.append(servers.infinity(exe, str(ctx.minilm), ctx.work).start())
+            except (venvs.SetupError, RuntimeError) as exc:
+                ctx.note(f"Infinity: could not be run: {exc}")
+        for srv in up:
+            results[srv.name] = _behind_bulk(ctx, srv, bulk, queries)
+    finally:
+        for srv in up:
+            srv.stop()
+    mine, theirs = results["ours"], results.get("infinity")
+    label = f"server, query behind {BULK_REQUESTS} bulk requests of {p.bulk_inputs} short texts"
+    for q in ("p50", "p99"):
+        ctx.rows.append(make_row("priority", f"{label}: {q} latency", "ms", mine[f"{q}_ms"],
+                                 "Infinity" if theirs else None, theirs[f"{q}_ms"] if theirs else None,
+                                 better="lower", metric=q, ours_run=mine, peer_run=theirs))
+
+
+def _behind_bulk(ctx: Context, srv: servers.Server, bulk: list[str], queries: list[str]) -> dict:
+    model = srv.model_id or "model"
+    bulk_body = {"model": model, "input": bulk, "encoding_format": "float"}
+    with httpx.Client(timeout=300) as client:
+        def post(texts: list[str]) -> float:
+            t0 = time.perf_counter()
+            client.post(srv.embed_url, json={"model": model, "input": texts}).raise_for_status()
+            return time.perf_counter() - t0
+
+        post(bulk[:256])  # warm-up
+        batch_ms = 1e3 * min(post(bulk[:256]) for _ in range(3))
+        idle_ms = 1e3 * statistics.median(post([queries[i]]) for i in range(10))
+        latencies: list[float] = []
+        bulk_s: list[float] = []
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            for _ in range(ctx.profile.bulk_rounds):
+                start = time.perf_counter()
+                sent = pool.apply_async(loadgen.post_together, (srv.embed_url, bulk_body, BULK_REQUESTS))
+                time.sleep(0.5)  # the bulk bodies are in (they take milliseconds to send)
+                while not sent.ready():
+                    latencies.append(post([queries[len(latencies) % len(queries)]]))
+                statuses = sent.get()
+                bulk_s.append(time.perf_counter() - start)
+                if any(s != 200 for s in statuses):
+                    ctx.note(f"{srv.name}: bulk requests answered {statuses}")
+    ms = sorted(1e3 * t for t in latencies)
+
+    def pick(q: float) -> float | None:
+        return ms[round(q * (len(ms) - 1))] if ms else None
+
+    log.info("%s: %d queries behind bulk, p50 %.0f ms, p99 %.0f ms (batch of 256 alone %.0f ms, idle query %.1f ms)",
+             srv.name, len(ms), pick(0.5) or -1, pick(0.99) or -1, batch_ms, idle_ms)
+    return {"queries": len(ms), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": ms[-1] if ms else None,
+            "batch_256_alone_ms": batch_ms, "idle_query_ms": idle_ms, "bulk_round_s": bulk_s}
+
+
 # ---- our own variants: what the CPU fast path keeps ----------------------------------------------------------------
 def fastpath(ctx: Context) -> None:
     """Each row compares a variant of our encoder (`ours`) with the shipped default (`peer`)."""
@@ -487,4 +565,5 @@ def padded_attention_fraction(lengths: list[int], batch_size: int, hidden: int, 
     return wasted / (real + wasted)
 
 
-SCENARIOS = {"inprocess": inprocess, "rerank": rerank, "nomic": nomic, "server": server, "fastpath": fastpath}
+SCENARIOS = {"inprocess": inprocess, "rerank": rerank, "nomic": nomic, "server": server, "priority": priority,
+             "fastpath": fastpath}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,9 +220,16 @@ class Encoder:
 
     # ---- input side -------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
+        return list(self.iter_tokenize(texts, prefix))
+
+    def iter_tokenize(
+        self, texts: Sequence[str], prefix: str = "", stop_after: int | None = None
+    ) -> Iterator[list[int]]:
+        """Each text's ids in order, tokenised a bounded slice of text at a time; a text past `stop_after` ids is cut
+        short there, for the caller to refuse (model/tokenizer.py)."""
         if self.tokenizer is None:
             raise ModelError(f"{self.info.name} has no tokenizer.json: send token ids")
-        return self.tokenizer.encode(texts, prefix)
+        return self.tokenizer.iter_encode(texts, prefix, stop_after)
 
     def truncate(self, ids: Sequence[int], limit: int | None = None, left: bool = False) -> list[int]:
         """Cut to `limit` tokens keeping the special tokens; `left` drops the start of the text instead of its end."""

@@ -1,6 +1,7 @@
 """The input rules every surface shares: the HTTP service, `python -m model embed` and the Ray job.
 
     check_text / check_ids      what text and token ids are accepted (raise `Rejected`)
+    cap_text                    the character cap before tokenising (refuse or cut a text too long to fit)
     task_prefix                 an input_type (or alias) -> the model's task prefix
     fit                         the long-input rule: error | truncate | chunk -> the input's windows
     mean_of_windows             a chunked input's windows -> one pooled vector (token-weighted mean)
@@ -20,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from model.errors import InputError
+from model.tokenizer import cut_point
 
 LongInput = Literal["error", "truncate", "chunk"]
 LONG_INPUT_MODES: tuple[str, ...] = ("error", "truncate", "chunk")
@@ -52,9 +54,31 @@ def check_text(text: str) -> None:
 def check_ids(ids: Sequence[int], vocab_size: int) -> None:
     if not ids:
         raise Rejected("empty_input", "is an empty token list")
-    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
-    if bad is not None:
+    if min(ids) < 0 or max(ids) >= vocab_size:  # C loops; the generator below only runs to name the culprit
+        bad = next(t for t in ids if not 0 <= t < vocab_size)
         raise Rejected("invalid_token_id", f"has token id {bad}, outside the vocabulary [0, {vocab_size})")
+
+
+def cap_text(text: str, mode: str, max_tokens: int, chars_per_token: int, left: bool = False) -> str:
+    """The character cap, checked before any tokenising (tokenising costs memory and time per character): a text over
+    `max_tokens * chars_per_token` characters is refused under 'error' and cut to that many under 'truncate' (just
+    before a space or newline; with `left`, its end is kept instead); 'chunk' keeps it whole (the caller caps the
+    request's total). The cut is exact whenever those characters hold `max_tokens` tokens, i.e. for any text under
+    `chars_per_token` characters a token."""
+    cap = max_tokens * chars_per_token
+    if len(text) <= cap or mode == "chunk":
+        return text
+    if mode == "truncate":
+        if left:  # the kept end starts at a space or newline, where the whole text's tokens split too
+            start = len(text) - cap
+            found = (text.find(" ", start, start + cap // 2), text.find("\n", start, start + cap // 2))
+            return text[min((p for p in found if p >= 0), default=start) :]
+        return text[: cut_point(text, cap, cap // 2)]
+    raise Rejected(
+        "context_length_exceeded",
+        f"has {len(text)} characters, over the {cap} that this model's maximum of {max_tokens} tokens allows "
+        f"({chars_per_token} characters a token)",
+    )
 
 
 def task_prefix(prompts: Mapping[str, str], input_type: str | None) -> tuple[str, str]:

@@ -1,6 +1,12 @@
 """The folder's `tokenizer.json` through `tokenizers`, with padding and truncation switched off: lengths are exact,
 and truncation happens only when the caller asks (keeping the trailing special tokens, e.g. [SEP]).
 
+Memory is bounded by the text handed to one `tokenizers` call, not by the input: an Encoding holds offsets, token
+strings and alignments, ~160 bytes per character of text (a 2 M-character text peaks at +325 MB whole, +26 MB in
+64 K-character slices; AMD EPYC Zen 4). So `encode` feeds `tokenizers` at most SLICE_CHARS characters per call: short
+texts in groups, a longer text in slices cut just before a whitespace character, whose ids are the same as the whole
+text's (the pre-tokenizers of BERT, XLM-R and ModernBERT all split there; tests/model/test_tokenizer.py checks).
+
 Pairs (cross-encoders) use the tokenizer's own pair template (`[CLS] q [SEP] d [SEP]` with token types 0/1 for BERT,
 `<s> q </s></s> d </s>` for XLM-R) and, when asked, its own `longest_first` truncation: what transformers' fast
 tokenizers, and so sentence-transformers' CrossEncoder, run.
@@ -9,7 +15,7 @@ tokenizers, and so sentence-transformers' CrossEncoder, run.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,9 @@ class Pair:
         return len(self.ids)
 
 
+SLICE_CHARS = 65_536  # characters of text per `tokenizers` call (~10 MB of Encodings); see the module docstring
+
+
 class Tokenizer:
     def __init__(self, path: Path):
         try:
@@ -44,6 +53,8 @@ class Tokenizer:
         mask = probe.special_tokens_mask
         self.head_specials = next((i for i, m in enumerate(mask) if not m), len(mask))
         self.tail_specials = next((i for i, m in enumerate(reversed(mask)) if not m), 0)
+        self._head = list(probe.ids[: self.head_specials])  # what the post-processor wraps a single text in
+        self._tail = list(probe.ids[len(probe.ids) - self.tail_specials :])
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     @classmethod
@@ -52,9 +63,47 @@ class Tokenizer:
         return cls(path) if path.is_file() else None
 
     def encode(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:
-        """Token ids with the model's special tokens, untruncated. Batch encoding runs in parallel in Rust."""
-        encodings = self._tok.encode_batch([prefix + t for t in texts] if prefix else list(texts))
-        return [e.ids for e in encodings]
+        """Token ids with the model's special tokens, untruncated."""
+        return list(self.iter_encode(texts, prefix))
+
+    def iter_encode(self, texts: Sequence[str], prefix: str = "", stop_after: int | None = None) -> Iterator[list[int]]:
+        """Each text's token ids, in order, computed at most SLICE_CHARS characters per `tokenizers` call (a caller
+        that stops early never pays for the rest). With `stop_after`, a long text is tokenised only until it has more
+        ids than that: what comes back for it is then a prefix of its ids, over `stop_after`, for the caller to
+        refuse. Batch calls run in parallel in Rust."""
+        group: list[str] = []
+        size = 0
+        for text in texts:
+            if len(text) > SLICE_CHARS:
+                yield from self._encode_group(group)
+                group, size = [], 0
+                yield self._encode_long(prefix + text, stop_after)
+                continue
+            group.append(prefix + text)
+            size += len(group[-1])
+            if size >= SLICE_CHARS:
+                yield from self._encode_group(group)
+                group, size = [], 0
+        yield from self._encode_group(group)
+
+    def _encode_group(self, group: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(group)] if group else []
+
+    def _encode_long(self, text: str, stop_after: int | None) -> list[int]:
+        ids = list(self._head)
+        start = 0
+        while start < len(text):
+            if stop_after is not None and len(ids) > stop_after:
+                return ids
+            batch = []  # a few slices per call, parallel in Rust, at most SLICE_CHARS characters in all
+            while start < len(text) and sum(map(len, batch)) < SLICE_CHARS:
+                end = cut_point(text, start + SLICE_CHARS // 4, lo=start + SLICE_CHARS // 8)
+                batch.append(text[start:end])
+                start = end
+            for e in self._tok.encode_batch(batch, add_special_tokens=False):
+                ids.extend(e.ids)
+        ids.extend(self._tail)
+        return ids
 
     def tokens(self, ids: Sequence[int]) -> list[str]:
         return [self._tok.id_to_token(i) or "" for i in ids]
@@ -79,17 +128,28 @@ class Tokenizer:
         self, text: str, add_special_tokens: bool = True
     ) -> list[tuple[int, str, bool, int | None, int | None]]:
         """(id, text, special, start, stop) per token, as TEI's /tokenize gives them: a special token's own string
-        and no offsets; any other token's piece of `text` and its UTF-8 byte offsets in `text`."""
-        enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
-        byte_at = [0]
-        for ch in text:
-            byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+        and no offsets; any other token's piece of `text` and its UTF-8 byte offsets in `text`. Tokenised in slices
+        of at most SLICE_CHARS (the ids are the whole text's; see the module docstring)."""
         out: list[tuple[int, str, bool, int | None, int | None]] = []
-        for id_, token, special, (start, stop) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets):
-            if special:
-                out.append((id_, token, True, None, None))
-            else:
-                out.append((id_, text[start:stop], False, byte_at[start], byte_at[stop]))
+        wrap = add_special_tokens
+        if wrap:
+            out += [(i, self._tok.id_to_token(i) or "", True, None, None) for i in self._head]
+        start, base = 0, 0  # the slice's first character, and its UTF-8 byte offset in `text`
+        while start < len(text):
+            end = cut_point(text, start + SLICE_CHARS, lo=start + SLICE_CHARS // 2)
+            piece = text[start:end]
+            enc = self._tok.encode(piece, add_special_tokens=False)
+            byte_at = [0]
+            for ch in piece:
+                byte_at.append(byte_at[-1] + len(ch.encode("utf-8")))
+            for id_, token, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets):
+                if special:
+                    out.append((id_, token, True, None, None))
+                else:
+                    out.append((id_, piece[a:b], False, base + byte_at[a], base + byte_at[b]))
+            start, base = end, base + byte_at[-1]
+        if wrap:
+            out += [(i, self._tok.id_to_token(i) or "", True, None, None) for i in self._tail]
         return out
 
     def windows(self, ids: Sequence[int], limit: int) -> list[list[int]]:
@@ -117,3 +177,12 @@ class Tokenizer:
                 tok.enable_truncation(limit, strategy="longest_first")
                 self._truncating[limit] = tok
             return self._truncating[limit]
+
+
+def cut_point(text: str, at: int, lo: int = 0) -> int:
+    """The last position in (lo, at] just before a space or newline, where tokenising the two sides apart gives the
+    same ids as tokenising them together; `at` itself if there is none (a "word" that long is cut inside)."""
+    if at >= len(text):
+        return len(text)
+    best = max(text.rfind(" ", lo + 1, at + 1), text.rfind("\n", lo + 1, at + 1))
+    return best if best > lo else at

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
@@ -16,10 +17,8 @@ from app.errors import APIError
 from app.runtime import EMBEDDING, Runtime, ServedModel, get_runtime
 
 M = TypeVar("M", bound=BaseModel)
-INPUT_SHAPES = (
-    " ('input' must be a non-empty string, a list of strings, a list of token ids, or a list of token-id lists)"
-)
 T = TypeVar("T")
+LIST_PIECE = 256  # items serialised per orjson call (~6 ms for 384-wide vectors) before the event loop gets a turn
 
 
 async def require_api_key(request: Request, rt: Runtime = Depends(get_runtime)) -> None:
@@ -61,33 +60,62 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Strict JSON: the right content type, valid UTF-8 JSON, no duplicate keys, then the schema."""
+def _no_json_constants(name: str) -> Any:
+    raise APIError(400, f"The body is not valid JSON: {name} is not a JSON value", code="invalid_json")
+
+
+async def parse_json(request: Request) -> dict[str, Any]:
+    """Strict JSON: the right content type, valid UTF-8 JSON (no NaN/Infinity, no duplicate keys), an object. Every
+    value JSON allows but Python refuses (an integer past Python's 4,300-digit limit, nesting past the recursion
+    limit) is a 400 here, never a 500."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise APIError(415, f"Content-Type must be application/json, got '{ctype}'", code="unsupported_media_type")
     raw = await request.body()
     try:
-        data = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_json_constants)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and int() past sys.get_int_max_str_digits()
         raise APIError(400, f"The body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
         raise APIError(400, "The body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The body must be a JSON object", code="invalid_json")
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """A parsed body against its schema; the first problem as a 400 naming its field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = [str(p) for p in first["loc"]]
         param = loc[0] if loc else None
-        shape = INPUT_SHAPES if param == "input" else ""
+        if first["type"] == "input_shape":  # the message names the field and its accepted forms (app/schemas.py)
+            raise APIError(400, first["msg"], param=param, code="invalid_value") from None
         raise APIError(
-            400,
-            f"Invalid value for '{'.'.join(loc) or 'body'}': {first['msg']}{shape}",
-            param=param,
-            code="invalid_value",
+            400, f"Invalid value for '{'.'.join(loc) or 'body'}': {first['msg']}", param=param, code="invalid_value"
         ) from None
+    except RecursionError:  # pydantic walks nested values recursively too
+        raise APIError(400, "The body's JSON is nested too deeply", code="invalid_json") from None
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """`parse_json`, then the schema."""
+    return validate(model, await parse_json(request))
+
+
+async def dumps_list(items: Sequence[Any]) -> orjson.Fragment:
+    """A long list (2,048 vectors: ~50 ms of orjson) serialised LIST_PIECE items at a time, yielding to the event loop
+    between pieces so other requests (a query behind bulk work) are not held up for the whole response."""
+    if len(items) <= LIST_PIECE:
+        return orjson.Fragment(orjson.dumps(items, option=orjson.OPT_SERIALIZE_NUMPY))
+    pieces = []
+    for start in range(0, len(items), LIST_PIECE):
+        if start:
+            await asyncio.sleep(0)
+        pieces.append(orjson.dumps(items[start : start + LIST_PIECE], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
+    return orjson.Fragment(b"[" + b",".join(pieces) + b"]")
 
 
 async def until_disconnect(request: Request) -> None:

@@ -64,6 +64,16 @@ CASES = [
     ("wrong content type", body(), {"content-type": "text/plain"}, 415, None),
     ("form content type", b"input=hi", {"content-type": "application/x-www-form-urlencoded"}, 415, None),
     ("body over the size limit", b'{"input": "' + b"a" * (17 * 1024 * 1024) + b'"}', None, 413, None),
+    # valid JSON that Python itself refuses or cannot echo (issue 17.5): 500s before
+    ("integer past Python's digit limit", b'{"input": "hi", "dimensions": ' + b"9" * 5000 + b"}", None, 400, None),
+    ("token id past the digit limit", b'{"input": [101, ' + b"1" * 5000 + b"]}", None, 400, None),
+    ("lone surrogate in an unknown key", b'{"input": "hi", "\\ud800": 1}', None, 400, None),
+    ("lone surrogate in the model", b'{"input": "hi", "model": "\\udfff"}', None, 404, "model"),
+    ("lone surrogate in input_type", b'{"input": "hi", "input_type": "x\\ud800"}', None, 400, "input_type"),
+    ("duplicate surrogate keys", b'{"\\ud800": 1, "\\ud800": 2}', None, 400, "\\ud800"),
+    ("NaN", b'{"input": "hi", "dimensions": NaN}', None, 400, None),
+    ("Infinity among token ids", b'{"input": [101, Infinity]}', None, 400, None),
+    ("float overflow", b'{"input": "hi", "dimensions": 1e999}', None, 400, "dimensions"),
 ]
 
 
@@ -79,6 +89,45 @@ def test_bad_request(minilm_server, name, raw, headers, status, param):
         assert err["param"] == param, err
     # and the server still answers
     assert httpx.post(minilm_server.base + URL, json=OK).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "value, got",
+    [
+        ([], "got an empty list"),
+        (None, "got null"),
+        (5, "got an integer"),
+        ({"text": "hi"}, "got an object"),
+        (["a", 1], "got a list of strings with an integer at input[1]"),
+        ([[101, 102], []], "got an empty token-id list at input[1]"),
+        ([[101, "x"]], "got a list of token-id lists with a string at input[0][1]"),
+    ],
+)
+def test_a_bad_input_names_the_field_and_the_accepted_forms(minilm_server, value, got):
+    """Issue 18.7: not pydantic's `Invalid value for 'input.str': Input should be a valid string`."""
+    r = httpx.post(minilm_server.base + URL, json={"input": value})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "input" and err["code"] == "invalid_value"
+    assert err["message"] == (
+        f"'input' must be a non-empty string, a list of strings, a list of token ids or a list of token-id lists; {got}"
+    )
+    r = httpx.post(minilm_server.base + "/tokenize", json={"input": value})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith(
+        "'input' must be a non-empty string or a list of strings; "
+    )
+
+
+def test_empty_and_whitespace_only_inputs(minilm_server, minilm):
+    """The decision (README): "" is a 400 (as OpenAI); whitespace-only text is text and is embedded. On BERT
+    vocabularies its tokens are only [CLS] and [SEP], so every such string gets the same vector."""
+    r = httpx.post(minilm_server.base + URL, json={"input": ["ok", ""]})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Input 1 is an empty string"
+    spaces = httpx.post(minilm_server.base + URL, json={"input": ["   ", "\n\t "], "encoding_format": "float"})
+    assert spaces.status_code == 200 and spaces.json()["usage"]["prompt_tokens"] == 4
+    first, second = (d["embedding"] for d in spaces.json()["data"])
+    assert max(abs(a - b) for a, b in zip(first, second)) < 1e-6
+    expected = minilm.embed([[101, 102]])[0]
+    assert max(abs(a - b) for a, b in zip(first, expected)) < 1e-5
 
 
 def test_there_are_at_least_40_cases():

@@ -439,6 +439,36 @@ def test_query_overtakes_ten_thousand_bulk_items() -> None:
     run(main)
 
 
+def test_query_is_not_held_back_by_bulk_when_batches_outlast_the_starvation_window() -> None:
+    """A batch (50 ms) longer than starvation_ms (1 ms), as on a slow CPU (0.3 s batches, 200 ms window): before,
+    every dispatch found bulk "starved" and the query waited for the whole bulk queue (20 batches here). Now bulk
+    takes at most every other batch while a query waits. The gate makes the timing exact: the query arrives while
+    the first bulk batch runs and a second waits ahead, both dispatched more than starvation_ms ago."""
+    batch_s = 0.05
+
+    async def main() -> None:
+        gate = threading.Event()
+        enc = FakeEncoder(delay=batch_s, gate=gate)
+        b = make(enc, max_batch_size=32, max_batch_tokens=10**6, starvation_ms=1)
+        await b.start()
+        bulk = asyncio.create_task(b.submit([[1] * 8] * 640, priority=1))
+        await until(lambda: b.in_flight_batches == 2)  # one running (held at the gate), one waiting ahead
+        await asyncio.sleep(0.01)  # every bulk item and the last bulk dispatch are now older than starvation_ms
+        assert b.queue_items == 640 - 2 * 32
+        query = asyncio.create_task(b.submit([[5] * 8]))
+        await until(lambda: b.queue_items != 640 - 2 * 32)  # the dispatcher has chosen what waits ahead now
+        t0 = time.monotonic()
+        gate.set()
+        assert await query == [40]
+        latency = time.monotonic() - t0
+        assert [len(x) for x in enc.batches[:2]] == [32, 1]  # the running bulk batch, then the query
+        assert latency < 2 * batch_s + 0.03, latency
+        assert await bulk == [8] * 640
+        await b.drain(1)
+
+    run(main)
+
+
 def test_bulk_progresses_under_interactive_load() -> None:
     async def main() -> None:
         b = make(FakeEncoder(delay=0.002), max_batch_size=2, starvation_ms=30)

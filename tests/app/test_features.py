@@ -125,32 +125,41 @@ def test_cache_is_off_by_default(nomic_server):
     assert samples(nomic_server.base)["embed_cache_bytes"] == 0
 
 
-def test_query_is_not_stuck_behind_bulk_work():
-    batch_s = 0.05
+def test_a_query_behind_three_bulk_requests_waits_about_two_batch_times():
+    """Issue 18.6 as the user ran it, scaled down: three bulk requests of 1,024 short texts, then one short query.
+    Batches take 0.4 s (a fake delay on top of the real tiny model), longer than the 200 ms starvation window, and
+    the query arrives 0.3 s into a bulk batch. Before, that made every dispatch let "starved" bulk go first and the
+    query waited for all of the bulk still queued (9 or more batches, 3.6 s and up); now it waits for the running
+    batch, then its own."""
+    batch_s = 0.4
     encoder = WrappedEncoder(
         Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu", dtype="float32"), delay_s=batch_s
     )
-    settings = Settings(model="fake", max_batch_size=256, max_wait_ms=1, max_queue_tokens=10_000_000)
-    bulk = [[101, 2000 + (i % 500), 2001, 102] for i in range(2000)]
+    settings = Settings(model="fake", max_wait_ms=1, encoder_workers=1)  # otherwise the defaults: 256 per batch
+    texts = [f"document {i} about the weather in city number {i % 97}" for i in range(1024)]
 
-    async def scenario(base):
+    async def scenario(base, batcher):
         async with httpx.AsyncClient(timeout=120) as client:
-            bulk_tasks = [
-                asyncio.create_task(client.post(f"{base}/v1/embeddings", json={"input": bulk, "priority": "bulk"}))
-                for _ in range(5)
-            ]  # 10,000 document items
-            await asyncio.sleep(0.5)  # let them queue up
+            bulk = [
+                asyncio.create_task(client.post(f"{base}/v1/embeddings", json={"input": texts})) for _ in range(3)
+            ]
+            while batcher.queue_items < 3 * 1024 - 3 * 256:  # all three tokenised and queued (the server's view)
+                await asyncio.sleep(0.005)
+            started = len(encoder.batches)
+            while len(encoder.batches) == started:  # the next bulk batch starts now
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.3)
             start = time.perf_counter()
             query = await client.post(f"{base}/v1/embeddings", json={"input": "search_query: where?"})
             query_s = time.perf_counter() - start
-            done = await asyncio.gather(*bulk_tasks)
-            return query, query_s, done
+            return query, query_s, await asyncio.gather(*bulk)
 
-    with thread_server(settings, encoder) as (base, _):
-        query, query_s, done = asyncio.run(scenario(base))
+    with thread_server(settings, encoder) as (base, app):
+        query, query_s, done = asyncio.run(scenario(base, app.state.runtime.default.batcher))
     assert query.status_code == 200
-    assert query_s < 4 * batch_s + 0.1, f"query took {query_s:.3f} s, batch time {batch_s} s"
-    assert all(r.status_code == 200 and len(r.json()["data"]) == 2000 for r in done)  # bulk not starved
+    assert all(r.status_code == 200 and len(r.json()["data"]) == 1024 for r in done)  # bulk not starved either
+    after = next(i for i, b in enumerate(encoder.batches) if len(b) == 1)  # the query's batch
+    assert query_s < 4 * batch_s, f"query took {query_s:.3f} s, batch time {batch_s} s, {after} bulk batches first"
 
 
 def test_tokenize(nomic_server):

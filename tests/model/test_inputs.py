@@ -101,3 +101,18 @@ def test_prepare_and_embed_inputs_mix_texts_ids_and_refusals(encoder):
 )
 def test_read_record(line, expected):
     assert inputs.read_record(line) == expected
+
+
+def test_character_cap_refuses_cuts_or_keeps_before_tokenising(encoder):
+    per_token = 8
+    text = " ".join(f"word{i}" for i in range(400))  # ~2,700 characters, far over 16 tokens x 8 characters
+    with pytest.raises(inputs.Rejected) as info:
+        inputs.cap_text(text, "error", LIMIT, per_token)
+    assert info.value.code == "context_length_exceeded" and f"has {len(text)} characters" in info.value.reason
+    assert inputs.cap_text(text, "chunk", LIMIT, per_token) is text
+    cut = inputs.cap_text(text, "truncate", LIMIT, per_token)
+    assert len(cut) <= LIMIT * per_token and text.startswith(cut) and text[len(cut)] == " "
+    # exact: those characters hold more than the limit's tokens, so truncating them equals truncating the whole
+    whole = encoder.tokenize([text])[0]
+    assert encoder.truncate(encoder.tokenize([cut])[0]) == encoder.truncate(whole)
+    assert inputs.cap_text("short", "error", LIMIT, per_token) == "short"
