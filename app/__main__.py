@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from app import logs
 from app.main import create_app
-from app.server import BACKLOG, Server, connection_limit, guarded_protocol, limit_malloc_arenas
+from app.server import BACKLOG, Server, connection_limit, guarded_protocol
 from app.settings import Settings
 
 
@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
     logs.configure(json_lines=settings.log_json)
-    limit_malloc_arenas()  # before the encoder's and tokeniser's threads start allocating
     server: Server | None = None
 
     def on_fatal(reason: str) -> None:

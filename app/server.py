@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
-import os
 import resource
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -35,7 +33,6 @@ EXIT_RESERVE_S = 1.5
 # logged 85,000 errors in 30 s here.
 BACKLOG = 128
 OWN_FILES = 128
-M_ARENA_MAX, MALLOC_ARENAS = -8, 2  # glibc's mallopt parameter (malloc.h), and how many
 _, _BUSY = error_body(503, "Too many connections; retry after the Retry-After seconds", code="overloaded")
 _BUSY_BODY = json.dumps(_BUSY)
 BUSY = (
@@ -117,18 +114,6 @@ def connection_limit(wanted: int) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
     return max(1, min(wanted, (soft - OWN_FILES) // 2))
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
-    """glibc gives threads that allocate at once their own heaps (arenas, up to 8 per core), and memory freed in one
-    is never reused by another: with encoder and tokeniser threads allocating tensors of ever-new sizes, RSS kept
-    stepping up. Measured in the soak (bench/soak.py, 2 cores, nn.Linear kernels): +76 MB per 1,000 requests and 830
-    MB after 20 minutes with the default, flat at ~635 MB after 6 minutes with 2 arenas. glibc only (elsewhere a
-    no-op); MALLOC_ARENA_MAX in the environment wins."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
 
 
 class Server(uvicorn.Server):
