@@ -25,7 +25,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from bench import checkpoint, inputs, loadgen, servers
-from bench.scenarios import Context, _try, best, cosines, make_row, ours_runner, paired, peer_runner
+from bench.scenarios import Context, agreeing_peer, best, make_row, ours_runner, paired, peer_runner, text_rows
 
 log = logging.getLogger("bench")
 
@@ -68,6 +68,11 @@ def dtype(ctx: Context) -> str:
     return "bfloat16" if ctx.device == "cuda" else "float32"
 
 
+def _goal(dt: str) -> float:
+    """Agreement with a peer: bf16 on both sides, each rounding its own way, agrees to 1e-3 in cosine."""
+    return 0.999 if dt == "bfloat16" else 0.9999
+
+
 def _profile(ctx: Context) -> GpuProfile:
     return PROFILES[ctx.profile.name]
 
@@ -101,38 +106,20 @@ def gpu_inprocess(ctx: Context) -> None:
     limit = max(high for (_, high), _, _ in p.texts.values())
     with ours_runner(ctx, "ours-gpu") as ours:
         ctx.info["ours_gpu"] = ours.call("load", model=str(folder), dtype=dt, device=ctx.device)
+        texts = {kind: _texts(ctx, kind) for kind in p.texts}
         st = peer_runner(ctx, "st", "st.py")
         try:
-            st_info = _try(ctx, st, "load", model=str(hf5), dtype=dt, device=ctx.device, max_seq_length=limit)
-            if st_info is None and st is not None:
-                st.close()
-                st = None
-            texts = {kind: _texts(ctx, kind) for kind in p.texts}
-            if st_info:
-                ctx.info["sentence-transformers"] = st_info
-                sample = texts["medium"][:4] + texts["short"][:4] + texts["long"][:1]
-                low = min(cosines(ours.call("embed_texts", texts=sample)["vectors"],
-                                  st.call("embed_texts", texts=sample)["vectors"]))
-                goal = 0.999 if dt == "bfloat16" else 0.9999
-                ctx.checks.append({"check": f"NomicBert {folder.name}, {dt}: ours vs sentence-transformers, 9 texts",
-                                   "min_cosine": low, "pass": low >= goal})
+            sample = texts["medium"][:4] + texts["short"][:4] + texts["long"][:1]
+            st, _ = agreeing_peer(ctx, ours, st, "sentence-transformers",
+                                  {"model": str(hf5), "dtype": dt, "device": ctx.device, "max_seq_length": limit},
+                                  "embed_texts", {"texts": sample},
+                                  f"NomicBert {folder.name}, {dt}: ours vs sentence-transformers, 9 texts", _goal(dt))
             for kind, ((low_tok, high_tok), _, bs) in p.texts.items():
                 job = {"texts": texts[kind], "batch_size": bs}
                 mine, theirs = paired(ctx, ours, st, "time_texts", job, p.warmup, p.reps, p.max_s)
-                t_ours, t_peer = best(mine["times"]), best(theirs["times"]) if theirs else None
-                tokens, n = mine["tokens"], mine["n"]
-                params = {"model": "nomic-embed-text-v1.5 (random weights)", "kind": kind, "dtype": dt,
-                          "target_tokens": [low_tok, high_tok], "batch_size": bs, "texts": n, "tokens": tokens,
-                          "ours_times_s": mine["times"], "peer_times_s": theirs["times"] if theirs else None}
-                name = f"GPU in-process {_label(ctx, kind)}"
-                ctx.rows.append(make_row("gpu_inprocess", f"{name} tokens/s", "tokens/s", tokens / t_ours,
-                                         "sentence-transformers", tokens / t_peer if t_peer else None,
-                                         metric="tokens_per_s", **params))
-                ctx.rows.append(make_row("gpu_inprocess", f"{name} embeddings/s", "embeddings/s", n / t_ours,
-                                         "sentence-transformers", n / t_peer if t_peer else None,
-                                         metric="embeddings_per_s", **params))
-                log.info("gpu in-process %s: ours %.0f tok/s, st %s", kind, tokens / t_ours,
-                         f"{tokens / t_peer:.0f}" if t_peer else "-")
+                text_rows(ctx, "gpu_inprocess", f"GPU in-process {_label(ctx, kind)}", mine, theirs,
+                          model="nomic-embed-text-v1.5 (random weights)", kind=kind, dtype=dt,
+                          target_tokens=[low_tok, high_tok], batch_size=bs)
         finally:
             if st is not None:
                 st.close()
@@ -168,18 +155,10 @@ def gpu_forward(ctx: Context) -> None:
                                  peak["best_flops"] / 1e12, None, None, metric="peak", n=p.peak_n))
         hf = peer_runner(ctx, "transformers", "hf_nomic.py")
         try:
-            hf_info = _try(ctx, hf, "load", model=str(hf5), dtype=dt, device=ctx.device)
-            if hf_info is None and hf is not None:
-                hf.close()
-                hf = None
-            if hf_info:
-                ctx.info["transformers"] = hf_info
-                sample = inputs.id_batch([16, 100, 300, 37, 512], seed=5)
-                low = min(cosines(ours.call("embed_ids", batch=sample)["vectors"],
-                                  hf.call("embed_ids", batch=sample)["vectors"]))
-                ctx.checks.append({"check": f"NomicBert {folder.name}, {dt}: ours vs transformers nomic_bert, mixed "
-                                   "batch of 5 (16-512 tok)", "min_cosine": low,
-                                   "pass": low >= (0.999 if dt == "bfloat16" else 0.9999)})
+            hf, _ = agreeing_peer(ctx, ours, hf, "transformers", {"model": str(hf5), "dtype": dt, "device": ctx.device},
+                                  "embed_ids", {"batch": inputs.id_batch([16, 100, 300, 37, 512], seed=5)},
+                                  f"NomicBert {folder.name}, {dt}: ours vs transformers nomic_bert, mixed batch of 5 "
+                                  "(16-512 tok)", _goal(dt))
             job = {"batches": batches}
             mine, theirs = paired(ctx, ours, hf, "time_forward", job, max(p.warmup, 1), p.reps, p.max_s)
             ceiling = ours.call("gemm_ceiling", tokens=p.forward_tokens, warmup=max(p.warmup, 1), reps=p.reps * 2,

@@ -162,6 +162,22 @@ def ours_runner(ctx: Context, name: str = "ours") -> Runner:
     return Runner(name, sys.executable, "ours.py", ctx.work)
 
 
+def agreeing_peer(ctx: Context, ours: Runner, peer: Runner | None, info_key: str, load: dict, op: str, job: dict,
+                  check: str, goal: float) -> tuple[Runner | None, bool]:
+    """Load the peer (closed and None when it cannot be loaded), then record in the checks how closely it computes
+    what ours does on `job` (min cosine of `op`'s vectors, pass at `goal`). Returns the peer and whether it agreed."""
+    info = _try(ctx, peer, "load", **load)
+    if info is None:
+        if peer is not None:
+            peer.close()
+        return None, True
+    assert peer is not None
+    ctx.info[info_key] = info
+    low = min(cosines(ours.call(op, **job)["vectors"], peer.call(op, **job)["vectors"]))
+    ctx.checks.append({"check": check, "min_cosine": low, "pass": low >= goal})
+    return peer, low >= goal
+
+
 def _try(ctx: Context, runner: Runner | None, op: str, timeout: float = 600, **args) -> dict | None:
     if runner is None:
         return None
@@ -185,41 +201,34 @@ def inprocess(ctx: Context) -> None:
         ctx.info["ours"] = ours.call("load", model=str(ctx.minilm), dtype="float32")
         st = peer_runner(ctx, "st", "st.py")
         try:
-            st_info = _try(ctx, st, "load", model=str(ctx.minilm), dtype="float32")
-            if st_info is None and st is not None:
-                st.close()
-                st = None
-            if st_info:
-                ctx.info["sentence-transformers"] = st_info
-                sample = texts["medium"][:8] + texts["short"][:8]
-                a = ours.call("embed_texts", texts=sample)["vectors"]
-                b = st.call("embed_texts", texts=sample)["vectors"]
-                low = min(cosines(a, b))
-                ctx.checks.append({"check": "MiniLM: ours vs sentence-transformers, 16 texts", "min_cosine": low,
-                                   "pass": low >= 0.9999})
+            sample = texts["medium"][:8] + texts["short"][:8]
+            load = {"model": str(ctx.minilm), "dtype": "float32"}
+            st, _ = agreeing_peer(ctx, ours, st, "sentence-transformers", load, "embed_texts", {"texts": sample},
+                                  "MiniLM: ours vs sentence-transformers, 16 texts", 0.9999)
             for kind, target in TEXT_KINDS.items():
                 for bs in p.batch_sizes:
                     batch = texts[kind][: max(bs, p.min_texts)]
                     job = {"texts": batch, "batch_size": bs}
                     mine, theirs = paired(ctx, ours, st, "time_texts", job, p.warmup, p.reps, p.max_s)
-                    t_ours = best(mine["times"])
-                    t_peer = best(theirs["times"]) if theirs else None
-                    tokens, n = mine["tokens"], mine["n"]
-                    params = {"model": "all-MiniLM-L6-v2", "kind": kind, "target_tokens": target, "batch_size": bs,
-                              "texts": n, "tokens": tokens, "ours_times_s": mine["times"],
-                              "peer_times_s": theirs["times"] if theirs else None}
-                    name = f"in-process {kind} (~{target} tok) batch {bs}"
-                    ctx.rows.append(make_row("inprocess", f"{name} tokens/s", "tokens/s", tokens / t_ours,
-                                             "sentence-transformers", tokens / t_peer if t_peer else None,
-                                             metric="tokens_per_s", **params))
-                    ctx.rows.append(make_row("inprocess", f"{name} embeddings/s", "embeddings/s", n / t_ours,
-                                             "sentence-transformers", n / t_peer if t_peer else None,
-                                             metric="embeddings_per_s", **params))
-                    log.info("%s: ours %.0f tok/s, st %s", name, tokens / t_ours,
-                             f"{tokens / t_peer:.0f}" if t_peer else "-")
+                    params = {"model": "all-MiniLM-L6-v2", "kind": kind, "target_tokens": target, "batch_size": bs}
+                    text_rows(ctx, "inprocess", f"in-process {kind} (~{target} tok) batch {bs}", mine, theirs,
+                              **params)
         finally:
             if st is not None:
                 st.close()
+
+
+def text_rows(ctx: Context, group: str, name: str, mine: dict, theirs: dict | None, **params) -> None:
+    """The two rows of a text-in point against sentence-transformers: tokens/s and embeddings/s, best call each."""
+    t_ours, t_peer = best(mine["times"]), best(theirs["times"]) if theirs else None
+    tokens, n = mine["tokens"], mine["n"]
+    params |= {"texts": n, "tokens": tokens, "ours_times_s": mine["times"],
+               "peer_times_s": theirs["times"] if theirs else None}
+    ctx.rows.append(make_row(group, f"{name} tokens/s", "tokens/s", tokens / t_ours, "sentence-transformers",
+                             tokens / t_peer if t_peer else None, metric="tokens_per_s", **params))
+    ctx.rows.append(make_row(group, f"{name} embeddings/s", "embeddings/s", n / t_ours, "sentence-transformers",
+                             n / t_peer if t_peer else None, metric="embeddings_per_s", **params))
+    log.info("%s: ours %.0f tok/s, st %s", name, tokens / t_ours, f"{tokens / t_peer:.0f}" if t_peer else "-")
 
 
 # ---- rerank: our cross-encoder vs sentence-transformers' CrossEncoder.predict, pairs in ------------------------------
@@ -229,41 +238,47 @@ RERANK_DOC_TOKENS = 90  # about an ms-marco passage
 
 def rerank(ctx: Context) -> None:
     """Pairs/s of a cross-encoder the size of ms-marco-MiniLM-L-6-v2 (seeded weights), one query against documents of
-    ~90 tokens, text in and scores out on both sides, `batch_size` pairs per forward; outputs compared first."""
+    ~90 tokens, text in and scores out on both sides, `batch_size` pairs per forward; outputs compared first. Each
+    point runs on one intra-op thread (how each of the server's two CPU encoder workers computes a batch) and on all
+    of them, both sides alike."""
     p = ctx.profile
     folder = ctx.reranker or checkpoint.build_cross_encoder()
-    pool = max(max(p.batch_sizes), p.min_texts)
+    batch_sizes = tuple(b for b in p.batch_sizes if b >= 8) or p.batch_sizes  # batch 1 is the embedding rows' story
+    pool = max(max(batch_sizes), p.min_texts)
     documents = inputs.texts_of_length(folder / "tokenizer.json", RERANK_DOC_TOKENS, pool, seed=77)
-    with ours_runner(ctx, "ours_rerank") as ours:
-        ctx.info["ours_rerank"] = ours.call("load", model=str(folder), dtype="float32")
-        st = peer_runner(ctx, "st", "st.py")
-        try:
-            st_info = _try(ctx, st, "load_cross_encoder", model=str(folder))
-            if st_info is None and st is not None:
-                st.close()
-                st = None
-            if st is not None and st_info:
-                ctx.info["sentence-transformers CrossEncoder"] = st_info
-                a = ours.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
-                b = st.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
-                worst = max(abs(x - y) for x, y in zip(a, b))
-                ctx.checks.append({"check": "cross-encoder: ours vs CrossEncoder.predict, 16 pairs",
-                                   "max_abs_diff": worst, "pass": worst <= 1e-4})
-            for bs in p.batch_sizes:
-                job = {"query": RERANK_QUERY, "documents": documents[: max(bs, p.min_texts)], "batch_size": bs}
-                mine, theirs = paired(ctx, ours, st, "time_pairs", job, p.warmup, p.reps, p.max_s)
-                n, t_ours = mine["n"], best(mine["times"])
-                t_peer = best(theirs["times"]) if theirs else None
-                ctx.rows.append(make_row(
-                    "rerank", f"rerank (~{RERANK_DOC_TOKENS}-tok documents) batch {bs} pairs/s", "pairs/s", n / t_ours,
-                    "sentence-transformers CrossEncoder", n / t_peer if t_peer else None, metric="pairs_per_s",
-                    model="ms-marco-MiniLM-L-6-v2-sized (seeded)", batch_size=bs, pairs=n, tokens=mine["tokens"],
-                    ours_times_s=mine["times"], peer_times_s=theirs["times"] if theirs else None))
-                log.info("rerank batch %d: ours %.0f pairs/s, st %s", bs, n / t_ours,
-                         f"{n / t_peer:.0f}" if t_peer else "-")
-        finally:
-            if st is not None:
-                st.close()
+    for threads in (1, None):
+        with ours_runner(ctx, "ours_rerank") as ours:
+            ctx.info["ours_rerank"] = ours.call("load", model=str(folder), dtype="float32", threads=threads)
+            st = peer_runner(ctx, "st", "st.py")
+            try:
+                st_info = _try(ctx, st, "load_cross_encoder", model=str(folder), threads=threads)
+                if st_info is None and st is not None:
+                    st.close()
+                    st = None
+                if st is not None and st_info:
+                    ctx.info["sentence-transformers CrossEncoder"] = st_info
+                    a = ours.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
+                    b = st.call("score_pairs", query=RERANK_QUERY, documents=documents[:16])["scores"]
+                    worst = max(abs(x - y) for x, y in zip(a, b))
+                    ctx.checks.append({"check": "cross-encoder: ours vs CrossEncoder.predict, 16 pairs",
+                                       "max_abs_diff": worst, "pass": worst <= 1e-4})
+                used = ctx.info["ours_rerank"]["threads"]
+                for bs in batch_sizes:
+                    job = {"query": RERANK_QUERY, "documents": documents[: max(bs, p.min_texts)], "batch_size": bs}
+                    mine, theirs = paired(ctx, ours, st, "time_pairs", job, p.warmup, p.reps, p.max_s)
+                    n, t_ours = mine["n"], best(mine["times"])
+                    t_peer = best(theirs["times"]) if theirs else None
+                    ctx.rows.append(make_row(
+                        "rerank", f"rerank (~{RERANK_DOC_TOKENS}-tok documents) batch {bs}, {used} thread(s) pairs/s",
+                        "pairs/s", n / t_ours, "sentence-transformers CrossEncoder", n / t_peer if t_peer else None,
+                        metric="pairs_per_s", model="ms-marco-MiniLM-L-6-v2-sized (seeded)", batch_size=bs,
+                        threads=used, pairs=n, tokens=mine["tokens"], ours_times_s=mine["times"],
+                        peer_times_s=theirs["times"] if theirs else None))
+                    log.info("rerank batch %d, %d thread(s): ours %.1f pairs/s, st %s", bs, used, n / t_ours,
+                             f"{n / t_peer:.1f}" if t_peer else "-")
+            finally:
+                if st is not None:
+                    st.close()
 
 
 # ---- full-size NomicBert: ours vs transformers' nomic_bert, ids in, MFU ---------------------------------------------
@@ -284,23 +299,13 @@ def nomic(ctx: Context) -> None:
         if ctx.peers and hf is None and not hf5.exists():
             ctx.note(f"transformers nomic_bert: no v5 twin of {folder} (only built checkpoints have one)")
         try:
-            hf_info = _try(ctx, hf, "load", model=str(hf5), dtype="float32")
-            agree = True
-            if hf_info is None and hf is not None:
-                hf.close()
-                hf = None
-            if hf_info:
-                ctx.info["transformers"] = hf_info
-                sample = inputs.id_batch([16, 100, 300, 37, 512], seed=5)
-                a = ours.call("embed_ids", batch=sample)["vectors"]
-                b = hf.call("embed_ids", batch=sample)["vectors"]
-                low = min(cosines(a, b))
-                agree = low >= 0.9999
-                ctx.checks.append({"check": "NomicBert full-size random: ours vs transformers nomic_bert, mixed "
-                                   "batch of 5 (16-512 tok)", "min_cosine": low, "pass": agree})
-                if not agree:
-                    ctx.note(f"transformers nomic_bert disagrees with ours (min cosine {low:.6f}): its rows are "
-                             "still timed but compare different computations")
+            hf, agree = agreeing_peer(ctx, ours, hf, "transformers", {"model": str(hf5), "dtype": "float32"},
+                                      "embed_ids", {"batch": inputs.id_batch([16, 100, 300, 37, 512], seed=5)},
+                                      "NomicBert full-size random: ours vs transformers nomic_bert, mixed batch of 5 "
+                                      "(16-512 tok)", 0.9999)
+            if not agree:
+                ctx.note("transformers nomic_bert disagrees with ours (see the checks): its rows are still timed but "
+                         "compare different computations")
             for i, (kind, label, lengths) in enumerate(p.nomic_cases):
                 batch = inputs.id_batch(list(lengths), seed=100 + i)
                 reps = p.nomic_long_reps if kind in ("long", "512x16") else p.reps

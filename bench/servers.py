@@ -83,10 +83,10 @@ class Server:
 
 
 def ours(model: str, log_dir: Path, dtype: str = "float32", extra: list[str] | None = None,
-         device: str = "cpu") -> Server:
+         device: str = "cpu", env: dict[str, str] | None = None, name: str = "ours") -> Server:
     cmd = [sys.executable, "-m", "app", "--model", model, "--host", "127.0.0.1", "--port", "{port}",
            "--device", device, "--dtype", dtype, *(extra or [])]
-    return Server("ours", cmd, "/ready", "/v1/embeddings", log_dir)
+    return Server(name, cmd, "/ready", "/v1/embeddings", log_dir, env=env)
 
 
 def infinity(executable: Path, model: str, log_dir: Path, dtype: str = "float32") -> Server:

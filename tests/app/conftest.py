@@ -28,18 +28,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(base: str, proc: subprocess.Popen | None = None, timeout: float = READY_TIMEOUT) -> None:
+def wait_ready(
+    base: str, proc: subprocess.Popen | None = None, timeout: float = READY_TIMEOUT, probe: str = "/ready"
+) -> None:
+    """Until `probe` answers 200: /ready (the models are warm), or /health (the server answers HTTP at all)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
         try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{probe}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{base} not ready after {timeout} s")
+        time.sleep(0.05)
+    raise TimeoutError(f"{base}{probe} not 200 after {timeout} s")
 
 
 class ServerProcess:
@@ -111,19 +114,6 @@ def server_process(*args: str, env: dict[str, str] | None = None):
         server.stop()
 
 
-def wait_up(base: str, timeout: float = 30) -> None:
-    """Until the server answers HTTP (/health), ready or not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{base} not up after {timeout} s")
-
-
 @contextmanager
 def thread_server(settings, encoder, encoders=None, ready: bool = True):
     """uvicorn in a thread around create_app(settings, encoder, encoders=...): real HTTP, injected (fake) encoders.
@@ -137,7 +127,7 @@ def thread_server(settings, encoder, encoders=None, ready: bool = True):
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, timeout=30) if ready else wait_up(base)
+        wait_ready(base, timeout=30, probe="/ready" if ready else "/health")
         yield base, app
     finally:
         server.should_exit = True

@@ -200,3 +200,20 @@ def test_bad_input_in_each_routes_own_shape(server, path, body, status, keys):
     assert r.status_code == status, (r.status_code, r.text)
     err = r.json()
     assert set(err["error"] if isinstance(err.get("error"), dict) else err) == keys, err
+
+
+def test_openapi_lists_every_route_grouped_by_api(server):
+    doc = httpx.get(f"{server.base}/openapi.json").json()
+    tags = {path: {t for op in ops.values() for t in op.get("tags", [])} for path, ops in doc["paths"].items()}
+    expected = {
+        "/v1/embeddings": "OpenAI", "/v1/models": "OpenAI", "/embed": "TEI", "/": "TEI", "/embed_all": "TEI",
+        "/similarity": "TEI", "/decode": "TEI", "/info": "TEI", "/rerank": "TEI", "/v2/embed": "Cohere",
+        "/v1/rerank": "Cohere", "/v2/rerank": "Cohere", "/embeddings": "Infinity", "/models": "Infinity",
+        "/v1/score": "vLLM", "/health": "Server",
+    }
+    for path, tag in expected.items():
+        assert tags.get(path) == {tag}, (path, tags.get(path))
+    assert [t["name"] for t in doc["tags"]] == ["OpenAI", "TEI", "Cohere", "Infinity", "vLLM", "Server"]
+    embed_schema = doc["paths"]["/embed"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"inputs", "normalize", "truncate", "truncation_direction", "prompt_name", "dimensions"} <= set(
+        embed_schema["properties"])
