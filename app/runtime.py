@@ -285,7 +285,8 @@ class Runtime:
         self.draining = True
         for served in self.models.values():
             served.ready = False
-        self.drain_deadline = loop.time() + self.settings.shutdown_grace_s if deadline is None else deadline
+        wanted = loop.time() + self.settings.shutdown_grace_s if deadline is None else deadline
+        self.drain_deadline = min(self.drain_deadline, wanted)  # a second signal may have come first
         self.uploads.cut_all()
         while not self.idle.is_set() and (left := self.drain_deadline - loop.time()) > 0:
             self._hurried.clear()

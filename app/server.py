@@ -24,7 +24,7 @@ from app.errors import error_body
 
 # Of the budget, the drain's deadline leaves CLOSE_RESERVE_S for uvicorn to close the connections, of which it leaves
 # EXIT_RESERVE_S for the lifespan shutdown and the exit (0.3-0.4 s measured); the rest is margin for an event loop
-# that runs late on busy cores (1.4 s measured with 2 cores shared by a dozen busy processes).
+# that runs late on busy cores (up to 1.8 s measured with 2 cores shared by a dozen busy processes).
 CLOSE_RESERVE_S = 3.0
 EXIT_RESERVE_S = 1.5
 # asyncio accepts up to `backlog` connections per loop tick, and a closed connection frees its descriptor only ticks

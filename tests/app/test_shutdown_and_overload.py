@@ -113,6 +113,8 @@ def test_shutdown_fits_its_budget_whatever_the_clients_do():
             cut.append(sock.recv(65536))
         rc = server.proc.wait(budget + 5)
         took = time.monotonic() - start
+    statuses = sorted(r.status_code for r in answers)
+    print("shutdown:", {"budget_s": budget, "exit_code": rc, "exit_s": round(took, 2), "answers": statuses})
     # the budget ends with 1.5 s to spare (app/server.py); on 2 cores shared with a dozen busy processes the event
     # loop woke up to 1.8 s late, hence the allowance
     assert rc == 0 and took < budget + 2.0, (rc, took)
