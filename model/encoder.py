@@ -164,6 +164,9 @@ class Encoder:
         chain = sentence_chain(spec)
         self.chain = chain.to(device) if chain is not None else None  # fp32: it works on fp32 pooled vectors
         self._activation = torch_activation(spec.activation, "activation") if spec.activation else None
+        if spec.kind == RERANKER and tokenizer is not None and not tokenizer.has_pair_template():
+            raise ModelError(f"{name}: its tokenizer.json has no pair template (post_processor): a cross-encoder needs "
+                             "the separators between query and document")
         # CPU: oneDNN packed matmuls where they beat nn.Linear here (timed); torch.compile brings its own kernels
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
@@ -349,9 +352,12 @@ class Encoder:
         return out
 
     # ---- cross-encoders ---------------------------------------------------------------------------------------
-    def tokenize_pairs(self, query: str, documents: Sequence[str], truncate: bool) -> list[Pair]:
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], truncate: bool, truncation_direction: str = "right"
+    ) -> list[Pair]:
         """(query, document) pairs as the model's pair template lays them out. Over the input limit: cut
-        longest-first (sentence-transformers' CrossEncoder) when `truncate`, else PairTooLong naming the document."""
+        longest-first (sentence-transformers' CrossEncoder; from the texts' ends, or their starts with
+        `truncation_direction="left"`, TEI's option) when `truncate`, else PairTooLong naming the document."""
         if self.tokenizer is None:
             raise ModelError(f"{self.info.name} has no tokenizer.json")
         limit = self.info.max_input_tokens
@@ -360,7 +366,8 @@ class Encoder:
         if over and not truncate:
             raise PairTooLong(over[0], len(pairs[over[0]]), limit)
         if over:
-            for i, pair in zip(over, self.tokenizer.pairs(query, [documents[i] for i in over], truncate_to=limit)):
+            cut = self.tokenizer.pairs(query, [documents[i] for i in over], limit, truncation_direction == "left")
+            for i, pair in zip(over, cut):
                 pairs[i] = pair
         return pairs
 

@@ -109,8 +109,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, rotary: Rotary, cos_sin) -> torch.Tensor:
         T = x.shape[0]
-        q, k, v = self.Wqkv(x).view(T, 3, self.n_head, self.head_dim).unbind(1)  # (T, H, D) each
-        q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
+        qkv = self.Wqkv(x).view(T, 3, self.n_head, self.head_dim)  # (T, 3, H, D)
+        q, k = rotary.apply(qkv[:, :2], *cos_sin).unbind(1)  # q and k rotated in one pass, (T, H, D) each
+        v = qkv[:, 2]
         out = packed_attention(q, k, v, batch, window=self.window)  # (T, H, D)
         return self.Wo(out.reshape(T, self.n_head * self.head_dim))
 

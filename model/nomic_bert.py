@@ -169,7 +169,7 @@ class Attention(nn.Module):
         qkv = self.Wqkv(x).view(T, 3, self.n_head, self.head_dim)  # (T, 3, H, D): rows are [Q; K; V], heads inside
         q, k, v = qkv.unbind(1)  # (T, H, D) each
         if rotary is not None:
-            q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
+            q, k = rotary.apply(qkv[:, :2], *cos_sin).unbind(1)  # q and k rotated in one pass
         out = packed_attention(q, k, v, batch)  # (T, H, D)
         return self.out_proj(out.reshape(T, self.n_head * self.head_dim))
 

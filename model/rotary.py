@@ -68,32 +68,43 @@ class Rotary(nn.Module):
             freqs = torch.outer(
                 torch.arange(size, device=device, dtype=torch.float32), self.inv_freq(self.base, device)
             )
-            self._tables = {torch.float32: (freqs.cos(), freqs.sin())}  # (size, dim/2)
+            self._tables = {torch.float32: self._layout(freqs.cos(), freqs.sin())}
         if dtype not in self._tables:
             cos, sin = self._tables[torch.float32]
             self._tables[dtype] = (cos.to(dtype), sin.to(dtype))
         return self._tables[dtype]
 
+    def _layout(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, dim/2) cos, sin -> what `apply` multiplies by: for NeoX halves the full width, [cos, cos] and
+        [-sin, sin] (n, dim), so a rotation is two products and a sum; GJ pairs keep the halves."""
+        if self.interleaved:
+            return cos, sin
+        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
     def cos_sin(self, batch: PackedBatch, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token cos and sin, (T, dim/2) in `dtype`, each at its own position and its own sequence's base
-        (computed in fp32). Call it once per forward with the compute dtype: `apply` then casts nothing."""
+        """Per-token cos and sin tables (T, dim) (interleaved: (T, dim/2)) in `dtype`, each at its own position and
+        its own sequence's base (computed in fp32). Call it once per forward with the compute dtype: `apply` then
+        casts nothing."""
         if not self.factor or self.max_trained is None or batch.max_len <= self.max_trained:  # all at the plain base
             cos, sin = self._plain_table(batch.max_len, batch.positions.device, dtype)
             return cos[batch.positions], sin[batch.positions]
         inv = self.inv_freq(self.scaled_bases(batch.lengths), batch.positions.device)  # (B, dim/2)
         freqs = batch.positions.to(torch.float32)[:, None] * inv[batch.seq_index]  # (T, dim/2)
-        return freqs.cos().to(dtype), freqs.sin().to(dtype)
+        cos, sin = self._layout(freqs.cos(), freqs.sin())
+        return cos.to(dtype), sin.to(dtype)
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: (T, H, D); rotates the first `dim` channels of every head. cos, sin: (T, dim/2), best in x's dtype."""
+        """x: (T, ..., D), e.g. q and k together as (T, 2, H, D); rotates the first `dim` channels of every head.
+        cos, sin: `cos_sin`'s tables, best in x's dtype."""
         rot, rest = x[..., : self.dim], x[..., self.dim :]
         if cos.dtype != x.dtype:  # a caller that did not give cos_sin its compute dtype
             cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, dim/2) views
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[-1],)
+        cos, sin = cos.view(shape), sin.view(shape)  # (T, 1, ..., dim) views
         if self.interleaved:  # GPT-J pairs (2i, 2i+1)
             x1, x2 = rot[..., 0::2], rot[..., 1::2]
             rot = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-        else:  # GPT-NeoX halves (i, i + dim/2)
+        else:  # GPT-NeoX halves (i, i + dim/2): [x1, x2] * [c, c] + [x2, x1] * [-s, s]
             x1, x2 = rot.chunk(2, dim=-1)
-            rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+            rot = torch.addcmul(rot * cos, torch.cat((x2, x1), dim=-1), sin)
         return torch.cat((rot, rest), dim=-1) if rest.shape[-1] else rot

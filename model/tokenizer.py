@@ -47,7 +47,7 @@ class Tokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self._json = self._tok.to_str()
-        self._truncating: dict[int, HFTokenizer] = {}  # limit -> a copy with longest_first truncation on
+        self._truncating: dict[tuple[int, bool], HFTokenizer] = {}  # (limit, left) -> a truncating copy
         self._lock = threading.Lock()
         probe = self._tok.encode("a")
         mask = probe.special_tokens_mask
@@ -159,24 +159,31 @@ class Tokenizer:
         step = max(1, limit - len(head) - len(tail))
         return [head + body[i : i + step] + tail for i in range(0, len(body), step)] or [list(ids)]
 
-    def pairs(self, query: str, documents: Sequence[str], truncate_to: int | None = None) -> list[Pair]:
+    def has_pair_template(self) -> bool:
+        """A pair comes out with special tokens (separators): the post-processor knows pairs."""
+        return any(self._tok.encode("query", "document").special_tokens_mask)
+
+    def pairs(
+        self, query: str, documents: Sequence[str], truncate_to: int | None = None, left: bool = False
+    ) -> list[Pair]:
         """(query, document) pairs through the pair template; with `truncate_to`, cut longest-first to that many
-        tokens (the longer text of the pair loses a token at a time, from its end)."""
-        tok = self._tok if truncate_to is None else self._truncating_copy(truncate_to)
+        tokens (the longer text of the pair loses a token at a time, from its end; from its start with `left`)."""
+        tok = self._tok if truncate_to is None else self._truncating_copy(truncate_to, left)
         try:
             encodings = tok.encode_batch([(query, d) for d in documents])
         except Exception as exc:  # e.g. a limit shorter than the template's special tokens
             raise InputError(f"cannot tokenize the pairs: {str(exc).splitlines()[0]}") from None
         return [Pair(e.ids, e.type_ids) for e in encodings]
 
-    def _truncating_copy(self, limit: int) -> HFTokenizer:
-        """A separate tokenizer per limit: truncation is a setting of the Rust object, shared by every thread."""
+    def _truncating_copy(self, limit: int, left: bool) -> HFTokenizer:
+        """A separate tokenizer per limit and side: truncation is a setting of the Rust object, shared by every
+        thread."""
         with self._lock:
-            if limit not in self._truncating:
+            if (limit, left) not in self._truncating:
                 tok = HFTokenizer.from_str(self._json)
-                tok.enable_truncation(limit, strategy="longest_first")
-                self._truncating[limit] = tok
-            return self._truncating[limit]
+                tok.enable_truncation(limit, strategy="longest_first", direction="left" if left else "right")
+                self._truncating[(limit, left)] = tok
+            return self._truncating[(limit, left)]
 
 
 def cut_point(text: str, at: int, lo: int = 0) -> int:

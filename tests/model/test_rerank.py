@@ -149,3 +149,26 @@ def test_a_module_after_a_cross_encoder_is_a_load_error(tmp_path):
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ConfigError, match="sentence_transformers.models.Pooling"):
         load(folder)
+
+
+def test_left_truncation_cuts_the_starts():
+    """TEI's truncation_direction=left: longest-first, each text losing tokens from its start."""
+    from tokenizers import Tokenizer
+
+    enc = load("bert-cross-encoder-tiny", 64)
+    case = next(c for c in load_golden(RERANK / "bert-cross-encoder-tiny")["cases"] if c["name"] == "long_query")
+    pairs = enc.tokenize_pairs(case["query"], case["documents"], truncate=True, truncation_direction="left")
+    reference = Tokenizer.from_file(str(RERANK / "bert-cross-encoder-tiny" / "tokenizer.json"))
+    reference.enable_truncation(64, strategy="longest_first", direction="left")
+    want = [e.ids for e in reference.encode_batch([(case["query"], d) for d in case["documents"]])]
+    assert [p.ids for p in pairs] == want and want[0] != case["pairs"][0]["input_ids"]
+    assert [len(p) for p in pairs] == [64, 45]
+
+
+def test_a_tokenizer_without_a_pair_template_is_a_load_error(tmp_path):
+    folder = copy("xlmr-reranker-tiny", tmp_path)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text()) | {"post_processor": None}
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ModelError, match="no pair template"):
+        load(folder)
