@@ -97,7 +97,8 @@ def load(model: str, onnx_dir: str, threads: int | None = None) -> dict:
         exported = export(model, onnx_dir)
     threads = threads or len(os.sched_getaffinity(0))
     sessions = {name: _session(folder / name, threads) for name in ("model.onnx", "model.opt.onnx")}
-    short, medium = [[101] + [2000 + i for i in range(14)] + [102]], [[101] + [3000 + i for i in range(178)] + [102]] * 8
+    short = [[101] + [2000 + i for i in range(14)] + [102]]
+    medium = [[101] + [3000 + i for i in range(178)] + [102]] * 8
     timed = {name: (_best_of(s, short), _best_of(s, medium, reps=5)) for name, s in sessions.items()}
     # the faster on both shapes; a split decision goes to the short batch (the latency row)
     chosen = min(timed, key=lambda name: timed[name])
