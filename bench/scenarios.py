@@ -287,6 +287,85 @@ def rerank(ctx: Context) -> None:
                     st.close()
 
 
+# ---- ONNX Runtime: ours (fp32, and bf16 where `auto` picks it) vs ORT fp32, MiniLM, ids in -------------------------
+ORT_CASES = (("1 x 16 tok", (16,)), ("8 x 16 tok", (16,) * 8), ("32 x 180 tok", (180,) * 32),
+             ("32 x mixed 8-180 tok", _mixed(32, 8, 180, seed=2)))
+SMALL_CASE_TOKENS = 256  # up to this many tokens a case is a latency row (ms per batch), above it a tokens/s row
+
+
+def interleaved(ctx: Context, runners: dict[str, Runner], op: str, job: dict, warmup: int, reps: int,
+                max_s: float) -> dict[str, list[float]]:
+    """`paired` for any number of sides: every side warms up, then one timed call each in turn, `reps` turns or until
+    `max_s` has passed after two. Returns each side's call times (sides that fail drop out, with a note)."""
+    live = dict(runners)
+    for name, runner in list(live.items()):
+        if warmup and _try(ctx, runner, op, **job, warmup=warmup, reps=0, max_s=0) is None:
+            del live[name]
+    times: dict[str, list[float]] = {name: [] for name in live}
+    start = time.monotonic()
+    for turn in range(reps):
+        if turn >= 2 and time.monotonic() - start > max_s:
+            break
+        for name, runner in list(live.items()):
+            answer = _try(ctx, runner, op, **job, warmup=0, reps=1, max_s=0)
+            if answer is None:
+                del live[name]
+                continue
+            times[name] += answer["times"]
+    return {name: t for name, t in times.items() if t}
+
+
+def ort(ctx: Context) -> None:
+    """One forward per batch on both sides, the same token ids: ours (`Encoder.embed`) against ONNX Runtime's best
+    graph of the transformers model (`peers/ort.py`), both on every core; vectors compared first."""
+    p = ctx.profile
+    runners: dict[str, Runner] = {}
+    try:
+        runners["ours fp32"] = ours_runner(ctx, "ours_ort_fp32")
+        ctx.info["ours_ort_fp32"] = runners["ours fp32"].call("load", model=str(ctx.minilm), dtype="float32")
+        if cpu_has_native_bf16():
+            runners["ours bf16"] = ours_runner(ctx, "ours_ort_bf16")
+            ctx.info["ours_ort_bf16"] = runners["ours bf16"].call("load", model=str(ctx.minilm), dtype="bfloat16")
+        peer = peer_runner(ctx, "ort", "ort.py")
+        sample = inputs.id_batch([16, 100, 180, 37, 8, 250], seed=5)
+        load = {"model": str(ctx.minilm), "onnx_dir": str(checkpoint.CACHE / "all-MiniLM-L6-v2-onnx")}
+        peer, agree = agreeing_peer(ctx, runners["ours fp32"], peer, "onnxruntime", load, "embed_ids",
+                                    {"batch": sample}, "MiniLM: ours fp32 vs ONNX Runtime fp32, 6 inputs (8-250 tok)",
+                                    0.99999)
+        if peer is not None:
+            runners["ORT fp32"] = peer
+            if not agree:
+                ctx.note("ONNX Runtime disagrees with ours (cosine < 0.99999): its rows compare different computations")
+        for i, (label, lengths) in enumerate(ORT_CASES):
+            batch = inputs.id_batch(list(lengths), seed=200 + i)
+            small = sum(lengths) <= SMALL_CASE_TOKENS
+            reps = p.reps * (4 if small else 1)  # a small call is cheap and noisy: more turns
+            times = interleaved(ctx, runners, "time_ids", {"batches": [batch]}, p.warmup, reps, p.max_s)
+            tokens = sum(lengths)
+            peer_t = best(times["ORT fp32"]) if "ORT fp32" in times else None
+            for side in ("ours fp32", "ours bf16"):
+                if side not in times:
+                    continue
+                t = best(times[side])
+                params = {"model": "all-MiniLM-L6-v2", "lengths": list(lengths), "batch_size": len(lengths),
+                          "tokens": tokens, "dtype": side.split()[1], "ours_times_s": times[side],
+                          "peer_times_s": times.get("ORT fp32"),
+                          "peer_graph": ctx.info.get("onnxruntime", {}).get("graph")}
+                name = f"MiniLM {label}, ours {side.split()[1]} vs ORT fp32"
+                if small:
+                    ctx.rows.append(make_row("ort", f"{name} forward", "ms", 1e3 * t, "ONNX Runtime fp32",
+                                             1e3 * peer_t if peer_t else None, better="lower", metric="forward_ms",
+                                             **params))
+                else:
+                    ctx.rows.append(make_row("ort", f"{name} tokens/s", "tokens/s", tokens / t, "ONNX Runtime fp32",
+                                             tokens / peer_t if peer_t else None, metric="tokens_per_s", **params))
+                log.info("ort %s %s: ours %.2f ms, ORT %s", label, side, 1e3 * t,
+                         f"{1e3 * peer_t:.2f}" if peer_t else "-")
+    finally:
+        for runner in runners.values():
+            runner.close()
+
+
 # ---- full-size NomicBert: ours vs transformers' nomic_bert, ids in, MFU ---------------------------------------------
 def nomic(ctx: Context) -> None:
     p = ctx.profile
@@ -565,5 +644,6 @@ def padded_attention_fraction(lengths: list[int], batch_size: int, hidden: int, 
     return wasted / (real + wasted)
 
 
-SCENARIOS = {"inprocess": inprocess, "rerank": rerank, "nomic": nomic, "server": server, "priority": priority,
+SCENARIOS = {"inprocess": inprocess, "ort": ort, "rerank": rerank, "nomic": nomic, "server": server,
+             "priority": priority,
              "fastpath": fastpath}

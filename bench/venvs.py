@@ -41,6 +41,8 @@ PEERS = {
     "st": Peer("st", ("sentence-transformers==6.2.0",)),
     "transformers": Peer("transformers", ("transformers==5.24.0", "safetensors")),
     "infinity": Peer("infinity", ("infinity-emb[server,torch]==0.0.78",)),
+    # ONNX Runtime; torch (installed first, as for every peer), transformers and onnx only export the model once
+    "ort": Peer("ort", ("onnxruntime==1.31.1", "onnx==1.23.2", "transformers==5.24.0")),
 }
 
 
