@@ -23,8 +23,12 @@ class RerankRequest(BaseModel):
     top_n: StrictInt | None = Field(None, ge=1, description="Return only the best `top_n` results.")
     return_documents: StrictBool = Field(True, description="Include each document's text in its result.")
     max_tokens_per_doc: StrictInt | None = Field(
-        None, ge=1, description="Accepted; documents are truncated at the model's input limit (pairs, longest "
-        "first), whatever the number.",
+        None, ge=1, description="Cut each document to this many of its tokens before pairing it with the query (1 to "
+        "the model's input limit; the pair is then cut longest-first at the limit, unless truncate is false).",
+    )
+    truncate_prompt_tokens: StrictInt | None = Field(
+        None, ge=1, description="vLLM's: cut each pair longest-first to this many tokens (1 to the model's input "
+        "limit).",
     )
     truncate: StrictBool = Field(
         True, description="Extension: false turns truncation off, so pairs over the limit are a 400 naming the "

@@ -24,7 +24,8 @@ class RerankRequest(TEIRequest):
     return_text: StrictBool = False
     truncate: StrictBool | None = Field(None, description="Cut pairs over the limit; default: --auto-truncate.")
     truncation_direction: TruncationDirection = Field(
-        "Right", description="Only Right for pairs (longest first, as sentence-transformers)."
+        "Right", description="The side a pair over the limit loses tokens from, longest text first: Right cuts the "
+        "texts' ends (as sentence-transformers), Left their starts."
     )
 
 

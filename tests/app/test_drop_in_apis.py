@@ -58,9 +58,9 @@ def test_huggingface_hub_feature_extraction(server):
     cut = client.feature_extraction(long, truncate=True)
     np.testing.assert_allclose(np.asarray(cut).reshape(-1), openai(server.base, [long], long_input="truncate")[0],
                                atol=ATOL)
-    with pytest.raises(Exception) as err:  # truncate false: TEI's 422
+    with pytest.raises(Exception) as err:  # truncate false: TEI's 413 (its validation error)
         client.feature_extraction(long, truncate=False)
-    assert "422" in str(err.value)
+    assert "413" in str(err.value)
 
 
 def test_llama_index_text_embeddings_inference(server):
@@ -176,7 +176,8 @@ def test_infinity_models_and_embedding_type_extension(server):
     "path, body, status, keys",
     [
         ("/embed", {"inputs": []}, 400, {"error", "error_type"}),
-        ("/embed", {"inputs": "word " * 200, "truncate": False}, 422, {"error", "error_type"}),
+        ("/embed", {"inputs": "word " * 200, "truncate": False}, 413, {"error", "error_type"}),
+        ("/embed", {"inputs": ["a"] * 5000}, 413, {"error", "error_type"}),
         ("/embed", {"inputs": ["a", [1, 2]]}, 422, {"error", "error_type"}),
         ("/embed", {"inputs": "a", "prompt_name": "nope"}, 422, {"error", "error_type"}),
         ("/embed", {"inputs": "a", "dimensions": 10_000}, 422, {"error", "error_type"}),
