@@ -75,6 +75,9 @@ class RerankService(ModelService):
         except InputError as exc:  # a pair over the limit, not truncated (model.errors.PairTooLong)
             over = vars(exc)
             if "index" not in over:
+                if max_tokens is not None:  # too few tokens for the pair template
+                    raise APIError(400, f"'truncate_prompt_tokens' is {max_tokens}: {exc}",
+                                   param="truncate_prompt_tokens", code="invalid_value") from None
                 raise APIError(400, str(exc), param=param, code="invalid_input") from None
             raise APIError(
                 400,

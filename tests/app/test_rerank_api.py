@@ -312,6 +312,8 @@ def test_token_counts_out_of_range_are_400s_in_each_routes_shape(rerankers):
     base = rerankers.base
     checks = [
         ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+        ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 2}, "pair template alone takes 3"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "truncate_prompt_tokens": 1}, "truncate_prompt_tokens"),
         ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 513}, "512"),
         ("/v1/score", {"text_1": ["q"], "text_2": ["a"], "truncate_prompt_tokens": -1}, "truncate_prompt_tokens"),
         ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 8, "truncate": False}, "truncate"),

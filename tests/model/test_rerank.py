@@ -192,6 +192,10 @@ def test_pair_and_document_token_limits(folder):
         assert len(pair) == min(len(full), len(cut[0]))  # every document here has at least 5 tokens
     with pytest.raises(PairTooLong):
         enc.tokenize_pairs(query, documents, truncate=False, max_tokens=12)
+    specials = len(enc.tokenize_pairs("", [""], truncate=False)[0])
+    assert len(enc.tokenize_pairs(query, documents, truncate=True, max_tokens=specials)[2]) == specials
+    with pytest.raises(InputError, match="pair template alone"):  # `tokenizers` would leave the pair whole
+        enc.tokenize_pairs(query, documents, truncate=True, max_tokens=specials - 1)
 
 
 def test_a_tokenizer_without_a_pair_template_is_a_load_error(tmp_path):
