@@ -3,7 +3,7 @@
 Why: an op split over intra-op threads ends in a fork/join that waits for the slowest thread, so a forward made of many
 mid-sized ops (an MoE layer: 8 experts x 2 GEMMs plus the gather and the weighted sum) pays one join per op, and on a
 core shared with other work (the event loop, another process) each join can wait a scheduler slice. Pieces that need
-nothing from each other (the experts' GEMMs) run better as tasks: one single-threaded worker per share of them, one join for all.
+nothing from each other (the experts' GEMMs) run better as tasks: one single-threaded worker per share, one join.
 
 Each worker sets its own intra-op count to 1 once (PyTorch's count is per thread, but the last `set_num_threads` call
 is also the default a new thread starts with, which the caller puts back). Autograd and inference modes are per
