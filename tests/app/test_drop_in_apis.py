@@ -205,6 +205,16 @@ def test_bad_input_in_each_routes_own_shape(server, path, body, status, keys):
     assert set(err["error"] if isinstance(err.get("error"), dict) else err) == keys, err
 
 
+def test_an_input_over_the_limit_says_how_to_truncate_in_the_routes_own_terms(server):
+    long = "word " * 200  # over the 64-token limit
+    tei = httpx.post(f"{server.base}/embed", json={"inputs": long, "truncate": False}).json()["error"]
+    assert "set truncate to true" in tei and "long_input" not in tei, tei
+    cohere_ = httpx.post(f"{server.base}/v2/embed", json={"texts": [long], "truncate": "NONE"}).json()["message"]
+    assert "set truncate to END or START" in cohere_ and "long_input" not in cohere_, cohere_
+    openai_ = httpx.post(f"{server.base}/v1/embeddings", json={"input": long}).json()["error"]["message"]
+    assert "set long_input to 'truncate' or 'chunk'" in openai_
+
+
 def test_info_of_an_unknown_model_is_teis_404(server):
     r = httpx.get(f"{server.base}/info", params={"model": "nope"})
     assert r.status_code == 404 and set(r.json()) == {"error", "error_type"} and "nope" in r.json()["error"]
