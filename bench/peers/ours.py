@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 # isort: off
-from model import cpu_linear  # before torch: model/__init__.py sets OpenMP's wait policy, read when torch loads
+from model import cpu_linear  # before torch: model/__init__.py sets OpenMP's idle spin, read when torch loads
 import torch
 # isort: on
 
