@@ -232,7 +232,8 @@ class MoE(nn.Module):
 
     On CPU with n > 1 intra-op threads the grouped rows are cut into n equal runs (an expert on a cut runs as two
     GEMM pairs), each run on its own single-threaded worker (`model/cpu_parallel.py`): one join for the layer instead
-    of one per GEMM (measured on a shared 2-core Zen 4: 1.6x -> 1.25x a dense FFN of the same active FLOPs)."""
+    of one per GEMM (on a shared 2-core Zen 4, 2 threads, fp32: 1.6-1.8x -> 1.1-1.2x a dense FFN of the same active
+    FLOPs; README, bench section)."""
 
     def __init__(self, config: NomicBertConfig):
         super().__init__()
