@@ -46,8 +46,14 @@ TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
-TEI_EMPTY_CODES = {"empty_input"}  # TEI's 400 "empty"; its other input errors are 422 "validation"
+TEI_EMPTY_CODES = {"empty_input"}  # TEI's 400 "empty"; its other input errors are 413 or 422 "validation"
+# what TEI's validation refuses (413): an input over the token limit, more inputs or tokens than a request may hold;
+# the rest of our 400s are malformed bodies, TEI's 422 (what its JSON extractor answers)
+TEI_TOO_LARGE = {"context_length_exceeded", "too_many_inputs", "max_tokens_per_request"}
 TEI_KEEP_400 = {"wrong_model_kind"}  # a rerank request to an embedding model (and back): 400 naming its kind
+
+LONG_HINT = "Shorten it, or set long_input to 'truncate' or 'chunk'."  # how an OpenAI-route client asks for truncation
+LONG_HINTS = {TEI: "Shorten it, or set truncate to true.", COHERE: "Shorten it, or set truncate to END or START."}
 
 
 class APIError(Exception):
@@ -79,6 +85,8 @@ def tei_status(status: int, code: str | None) -> tuple[int, str]:
     if status == 400:
         if code in TEI_EMPTY_CODES:
             return 400, "empty"
+        if code in TEI_TOO_LARGE:
+            return 413, "validation"
         return (400, "validation") if code in TEI_KEEP_400 else (422, "validation")
     if status == 429:
         return 429, "overloaded"
@@ -99,6 +107,8 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
                api: str = OPENAI) -> tuple[int, dict[str, Any]]:
     """(status, body) of an error in `api`'s shape."""
     message, param = printable(message) or "", printable(param)
+    if code == "context_length_exceeded" and api in LONG_HINTS:  # the service names the OpenAI routes' field
+        message = message.replace(LONG_HINT, LONG_HINTS[api])
     if api == TEI:
         status, error_type = tei_status(status, code)
         return status, {"error": message, "error_type": error_type}

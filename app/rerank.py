@@ -29,25 +29,55 @@ class RerankService(ModelService):
         cut, never chunked)."""
         return truncate if truncate is not None else self.settings.long_input_default != "error"
 
-    def check_query(self, query: str, param: str = "query", mode: str = "chunk") -> str:
-        return self.check_texts([query], param=param, noun="Query", mode=mode, hint=TRUNCATE_HINT)[0]
+    def check_query(self, query: str, param: str = "query", mode: str = "chunk", left: bool = False) -> str:
+        return self.check_texts([query], param=param, noun="Query", mode=mode, left=left, hint=TRUNCATE_HINT)[0]
 
-    async def pairs(self, query: str, documents: Sequence[str], truncate: bool, param: str, first: int = 0) -> list:
+    def check_tokens(self, value: int | None, param: str) -> None:
+        """A per-request token count (vLLM's truncate_prompt_tokens, Cohere's max_tokens_per_doc): 1 to the model's
+        input limit."""
+        limit = self.info.max_input_tokens
+        if value is not None and not 1 <= value <= limit:
+            raise APIError(
+                400, f"'{param}' is {value}: it must be between 1 and this model's maximum of {limit} tokens",
+                param=param, code="invalid_value",
+            )
+
+    async def pairs(
+        self,
+        query: str,
+        documents: Sequence[str],
+        truncate: bool,
+        param: str,
+        first: int = 0,
+        left: bool = False,
+        max_tokens: int | None = None,
+        doc_tokens: int | None = None,
+    ) -> list:
         """The (query, document) pairs, tokenised; `first` is the first document's index in the request. Each text
-        is held to the character cap of a text that must fit the model's limit (cut there when truncating: a cut
-        that keeps more than the limit's tokens leaves longest-first truncation unchanged)."""
+        is held to the character cap of a text that must fit the model's limit (cut there when truncating, from the
+        side that truncation drops: a cut that keeps more than the limit's tokens leaves longest-first truncation
+        unchanged). `max_tokens` cuts each pair to that many tokens (vLLM's truncate_prompt_tokens), `doc_tokens`
+        each document to that many of its own (Cohere's max_tokens_per_doc), before the pair's own truncation."""
         mode = "truncate" if truncate else "error"
-        query = self.check_query(query, mode=mode)
+        query = self.check_query(query, mode=mode, left=left)
         if not documents:
             raise APIError(400, f"'{param}' must hold at least one document", param=param, code="empty_input")
         self.check_count(len(documents), param)
-        documents = self.check_texts(documents, param=param, noun="Document", mode=mode, hint=TRUNCATE_HINT)
+        doc_mode = "truncate" if doc_tokens is not None else mode  # a document cut to its tokens is cut anyway
+        documents = self.check_texts(documents, param=param, noun="Document", mode=doc_mode, left=left,
+                                     hint=TRUNCATE_HINT)
         chars = len(query) * len(documents) + sum(map(len, documents))
+        direction = "left" if left else "right"
         try:
-            return await self.off_loop_if_long(chars, self.encoder.tokenize_pairs, query, documents, truncate)
+            return await self.off_loop_if_long(
+                chars, self.encoder.tokenize_pairs, query, documents, truncate, direction, max_tokens, doc_tokens
+            )
         except InputError as exc:  # a pair over the limit, not truncated (model.errors.PairTooLong)
             over = vars(exc)
             if "index" not in over:
+                if max_tokens is not None:  # too few tokens for the pair template
+                    raise APIError(400, f"'truncate_prompt_tokens' is {max_tokens}: {exc}",
+                                   param="truncate_prompt_tokens", code="invalid_value") from None
                 raise APIError(400, str(exc), param=param, code="invalid_input") from None
             raise APIError(
                 400,
@@ -73,17 +103,31 @@ class RerankService(ModelService):
         documents: Sequence[str],
         *,
         truncate: bool | None = None,
+        left: bool = False,
+        doc_tokens: int | None = None,
+        max_tokens: int | None = None,
         raw: bool = False,
         priority: str | None = None,
         param: str = "documents",
     ) -> RerankResult:
-        pairs = await self.pairs(query, documents, self.truncate_default(truncate), param)
+        """Every document scored against the query. `doc_tokens` (Cohere's max_tokens_per_doc) and `max_tokens`
+        (vLLM's truncate_prompt_tokens, which implies truncation) are checked against the model's limit first."""
+        self.check_tokens(doc_tokens, "max_tokens_per_doc")
+        self.check_tokens(max_tokens, "truncate_prompt_tokens")
+        cut = True if max_tokens is not None else self.truncate_default(truncate)
+        pairs = await self.pairs(query, documents, cut, param, left=left, max_tokens=max_tokens, doc_tokens=doc_tokens)
         return await self.score(pairs, raw, priority)
 
     async def score_pairs(
-        self, queries: Sequence[str], documents: Sequence[str], *, truncate: bool | None = None
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        truncate: bool | None = None,
+        max_tokens: int | None = None,
     ) -> RerankResult:
-        """vLLM's /v1/score: one query against many documents, or queries and documents zipped (same length)."""
+        """vLLM's /v1/score: one query against many documents, or queries and documents zipped (same length);
+        `max_tokens` is its truncate_prompt_tokens."""
         if len(queries) not in (1, len(documents)):
             raise APIError(
                 400,
@@ -91,14 +135,15 @@ class RerankService(ModelService):
                 param="text_1",
                 code="invalid_value",
             )
-        cut = self.truncate_default(truncate)
+        self.check_tokens(max_tokens, "truncate_prompt_tokens")
+        cut = True if max_tokens is not None else self.truncate_default(truncate)
         if len(queries) == 1:
-            pairs = await self.pairs(queries[0], documents, cut, "text_2")
+            pairs = await self.pairs(queries[0], documents, cut, "text_2", max_tokens=max_tokens)
         else:
             self.check_count(len(documents), "text_2")
             pairs = []
             for i, (query, document) in enumerate(zip(queries, documents)):
-                pairs += await self.pairs(query, [document], cut, "text_2", first=i)
+                pairs += await self.pairs(query, [document], cut, "text_2", first=i, max_tokens=max_tokens)
         return await self.score(pairs, raw=False)
 
 

@@ -15,7 +15,7 @@ INPUT_FORMS = "a non-empty string, a list of strings, a list of token ids or a l
 TEXT_FORMS = "a non-empty string or a list of strings"
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -29,10 +29,11 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def input_problem(value: Any, forms: str = INPUT_FORMS) -> str:
-    """Why `value` is not an accepted `input`, naming the field, the accepted forms and the first element at fault
-    (pydantic's own message for a union names only its first branch, e.g. `input.str`)."""
-    got = f"got {_kind(value)}"
+def input_problem(value: Any, forms: str = INPUT_FORMS, field: str = "input") -> str:
+    """Why `value` is not an accepted `field` (`input`, or another API's name for it), naming the field, the accepted
+    forms and the first element at fault (pydantic's own message for a union names only its first branch, e.g.
+    `input.str`)."""
+    got = f"got {kind_of(value)}"
     texts_only = forms == TEXT_FORMS
     if isinstance(value, list) and not value:
         got = "got an empty list"
@@ -40,37 +41,39 @@ def input_problem(value: Any, forms: str = INPUT_FORMS) -> str:
         first = value[0]
         if isinstance(first, str):
             j = next((j for j, x in enumerate(value) if not isinstance(x, str)), 0)
-            got = f"got a list of strings with {_kind(value[j])} at input[{j}]"
+            got = f"got a list of strings with {kind_of(value[j])} at {field}[{j}]"
         elif texts_only:
-            got = f"got a list of {_kind(first).split(' ', 1)[-1]}s (this route takes text)"
+            got = f"got a list of {kind_of(first).split(' ', 1)[-1]}s (this route takes text)"
         elif _is_id(first):
             j = next((j for j, x in enumerate(value) if not _is_id(x)), 0)
-            got = f"got a list of token ids with {_kind(value[j])} at input[{j}]"
+            got = f"got a list of token ids with {kind_of(value[j])} at {field}[{j}]"
         elif isinstance(first, list):
             for j, ids in enumerate(value):
                 if not isinstance(ids, list):
-                    got = f"got a list of token-id lists with {_kind(ids)} at input[{j}]"
+                    got = f"got a list of token-id lists with {kind_of(ids)} at {field}[{j}]"
                     break
                 if not ids:
-                    got = f"got an empty token-id list at input[{j}]"
+                    got = f"got an empty token-id list at {field}[{j}]"
                     break
                 k = next((k for k, x in enumerate(ids) if not _is_id(x)), None)
                 if k is not None:
-                    got = f"got a list of token-id lists with {_kind(ids[k])} at input[{j}][{k}]"
+                    got = f"got a list of token-id lists with {kind_of(ids[k])} at {field}[{j}][{k}]"
                     break
         else:
-            got = f"got a list starting with {_kind(first)}"
-    return f"'input' must be {forms}; {got}"
+            got = f"got a list starting with {kind_of(first)}"
+    return f"'{field}' must be {forms}; {got}"
 
 
-def _input_validator(forms: str):
-    def check(cls, value: Any, handler: Any) -> Any:
+def input_validator(forms: str, *fields: str):
+    """A wrap validator for union-typed text fields: a refused value's error says what the field takes."""
+
+    def check(cls, value: Any, handler: Any, info: Any) -> Any:
         try:
             return handler(value)
         except ValidationError:  # only a refused input pays for the description
-            raise PydanticCustomError("input_shape", input_problem(value, forms)) from None
+            raise PydanticCustomError("input_shape", input_problem(value, forms, info.field_name)) from None
 
-    return field_validator("input", mode="wrap")(classmethod(check))
+    return field_validator(*(fields or ("input",)), mode="wrap")(classmethod(check))
 
 
 class EmbeddingRequest(BaseModel):
@@ -107,7 +110,7 @@ class EmbeddingRequest(BaseModel):
         "right", description="Extension: when truncating, left drops the start of the text and keeps its end."
     )
 
-    _input_shape = _input_validator(INPUT_FORMS)
+    _input_shape = input_validator(INPUT_FORMS)
 
 
 class Embedding(BaseModel):
@@ -168,7 +171,7 @@ class TokenizeRequest(BaseModel):
     model: StrictStr | None = None
     input_type: StrictStr | None = None
 
-    _input_shape = _input_validator(TEXT_FORMS)
+    _input_shape = input_validator(TEXT_FORMS)
 
 
 class TokenizedInput(BaseModel):

@@ -3,9 +3,12 @@ Responses carry both Cohere's `meta` and vLLM/Jina's `usage`, so every client fi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from app.schemas import kind_of
 
 
 class TextDocument(BaseModel):
@@ -23,8 +26,12 @@ class RerankRequest(BaseModel):
     top_n: StrictInt | None = Field(None, ge=1, description="Return only the best `top_n` results.")
     return_documents: StrictBool = Field(True, description="Include each document's text in its result.")
     max_tokens_per_doc: StrictInt | None = Field(
-        None, ge=1, description="Accepted; documents are truncated at the model's input limit (pairs, longest "
-        "first), whatever the number.",
+        None, ge=1, description="Cut each document to this many of its tokens before pairing it with the query (1 to "
+        "the model's input limit; the pair is then cut longest-first at the limit, unless truncate is false).",
+    )
+    truncate_prompt_tokens: StrictInt | None = Field(
+        None, ge=1, description="vLLM's: cut each pair longest-first to this many tokens (1 to the model's input "
+        "limit).",
     )
     truncate: StrictBool = Field(
         True, description="Extension: false turns truncation off, so pairs over the limit are a 400 naming the "
@@ -33,6 +40,30 @@ class RerankRequest(BaseModel):
     priority: StrictInt | None = Field(
         None, ge=0, description="Cohere's priority: 0 is interactive, higher is bulk; default by request size."
     )
+
+    @field_validator("documents", mode="wrap")
+    @classmethod
+    def _documents_shape(cls, value: Any, handler: Any) -> Any:
+        """The document at fault, not pydantic's first union branch (`documents.0.str`)."""
+        try:
+            return handler(value)
+        except ValidationError:
+            if not isinstance(value, list):
+                got = f"got {kind_of(value)}"
+            else:
+                j = next((j for j, d in enumerate(value) if not is_document(d)), 0)
+                bad = value[j]
+                what = "an object of other keys or types" if isinstance(bad, dict) else kind_of(bad)
+                got = f"documents[{j}] is {what}"
+            raise PydanticCustomError(
+                "input_shape", f"'documents' must be a list of strings or of {{\"text\": string}} objects; {got}"
+            ) from None
+
+
+def is_document(value: Any) -> bool:
+    if isinstance(value, dict):
+        return set(value) == {"text"} and isinstance(value["text"], str)
+    return isinstance(value, str)
 
 
 class Document(BaseModel):

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from app.schemas import INPUT_FORMS, TEXT_FORMS, TokenIds, input_validator
+
 TruncationDirection = Literal["Left", "Right", "left", "right"]
 
 
@@ -24,7 +26,8 @@ class RerankRequest(TEIRequest):
     return_text: StrictBool = False
     truncate: StrictBool | None = Field(None, description="Cut pairs over the limit; default: --auto-truncate.")
     truncation_direction: TruncationDirection = Field(
-        "Right", description="Only Right for pairs (longest first, as sentence-transformers)."
+        "Right", description="The side a pair over the limit loses tokens from, longest text first: Right cuts the "
+        "texts' ends (as sentence-transformers), Left their starts."
     )
 
 
@@ -39,8 +42,9 @@ class ErrorResponse(BaseModel):
     error_type: Literal["unhealthy", "backend", "overloaded", "validation", "tokenizer", "empty"]
 
 
-InputType = StrictStr | list[StrictInt]
-Input = InputType | list[InputType]
+InputType = StrictStr | TokenIds
+Input = InputType | list[InputType]  # an empty list is TEI's 400 `empty`, not a schema error
+ID_FORMS = "a list of token ids or a list of token-id lists"
 
 
 class EmbedRequest(TEIRequest):
@@ -51,12 +55,16 @@ class EmbedRequest(TEIRequest):
     prompt_name: StrictStr | None = Field(None, description="A prompt of the model (its input_type names).")
     dimensions: StrictInt | None = Field(None, ge=0, description="Matryoshka width.")
 
+    _inputs_shape = input_validator(INPUT_FORMS, "inputs")
+
 
 class EmbedAllRequest(TEIRequest):
     inputs: Input
     truncate: StrictBool | None = None
     truncation_direction: TruncationDirection = "Right"
     prompt_name: StrictStr | None = None
+
+    _inputs_shape = input_validator(INPUT_FORMS, "inputs")
 
 
 class SimilarityInput(BaseModel):
@@ -80,6 +88,8 @@ class TokenizeRequest(TEIRequest):
     add_special_tokens: StrictBool = True
     prompt_name: StrictStr | None = None
 
+    _inputs_shape = input_validator(TEXT_FORMS, "inputs")
+
 
 class SimpleToken(BaseModel):
     id: int
@@ -92,6 +102,8 @@ class SimpleToken(BaseModel):
 class DecodeRequest(TEIRequest):
     ids: list[StrictInt] | list[list[StrictInt]]
     skip_special_tokens: StrictBool = True
+
+    _ids_shape = input_validator(ID_FORMS, "ids")
 
 
 class Info(BaseModel):

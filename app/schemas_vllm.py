@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from app.schemas import TEXT_FORMS, input_validator
+
 Texts = StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
 
 
@@ -16,9 +18,11 @@ class ScoreRequest(BaseModel):
     text_1: Texts = Field(description="The query, or one query per text_2.")
     text_2: Texts = Field(description="The documents.")
     truncate_prompt_tokens: StrictInt | None = Field(
-        None, ge=1, description="Accepted; any value truncates pairs at the model's input limit."
+        None, ge=1, description="Cut each pair longest-first to this many tokens (1 to the model's input limit)."
     )
     truncate: StrictBool | None = Field(None, description="Extension: cut pairs over the limit; default the server's.")
+
+    _texts_shape = input_validator(TEXT_FORMS, "text_1", "text_2")
 
 
 class Score(BaseModel):

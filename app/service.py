@@ -23,7 +23,7 @@ import numpy as np
 from app import quantize
 from app.batcher import Batcher, DeadlineExceeded, Draining, Overloaded, WorkerDied
 from app.cache import EmbeddingCache
-from app.errors import APIError
+from app.errors import LONG_HINT, APIError
 from app.metrics import Metrics
 from app.schemas import EmbeddingRequest
 from app.settings import Settings
@@ -39,7 +39,6 @@ INLINE_TOKENIZE_CHARS = 2048  # below this, tokenising on the event loop is chea
 # queue, gets its 429 after tokenising instead, at most max_tokens_per_request tokens of work. A guess on the long
 # side would refuse work a tight queue (the overload test: 2,000 tokens) could hold.
 ADMISSION_CHARS_PER_TOKEN = 4
-LONG_HINT = "Shorten it, or set long_input to 'truncate' or 'chunk'."
 
 
 @dataclass

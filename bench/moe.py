@@ -154,9 +154,10 @@ def expert_variants(moe: torch.nn.Module, config, dtype: torch.dtype) -> dict[st
             "stacked expert weights, torch.matmul per expert": stacked.eval()}
 
 
-def bf16_pair(config) -> dict[str, torch.nn.Module]:
+def bf16_pair(config, router: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """A random MoE FFN and a dense FFN of its active width in bf16 on the CPU fast path (what `--dtype auto` runs on
-    CPUs with native bf16): the same comparison in the dtype this box serves in."""
+    CPUs with native bf16): the same comparison in the dtype this box serves in. The MoE takes the fp32 rows' router
+    (fp32 in every dtype), so it routes the same inputs the same way."""
     from model import cpu_linear
     from model.nomic_bert import MLP, MoE
 
@@ -168,6 +169,7 @@ def bf16_pair(config) -> dict[str, torch.nn.Module]:
                 p.normal_(0, 0.02)
             module.to(torch.bfloat16).eval()
             cpu_linear.install(module)
+    pair["moe_ffn_bf16"].router = router
     return pair
 
 
@@ -222,7 +224,7 @@ def moe(ctx: Context) -> None:
         g = torch.Generator().manual_seed(9)
         balanced = F.layer_norm(torch.randn(natural.shape, generator=g), natural.shape[-1:])
         variants = expert_variants(layer.mlp, c, enc.dtype)
-        bf16 = bf16_pair(c) if cpu_has_native_bf16() else {}
+        bf16 = bf16_pair(c, layer.mlp.router) if cpu_has_native_bf16() else {}
         times: dict[tuple[str, int], float] = {}
         for threads in sorted({1, enc.threads}):  # 1: what each encoder worker runs under load (--encoder-workers)
             torch.set_num_threads(threads)

@@ -349,20 +349,32 @@ class Encoder:
 
     # ---- cross-encoders ---------------------------------------------------------------------------------------
     def tokenize_pairs(
-        self, query: str, documents: Sequence[str], truncate: bool, truncation_direction: str = "right"
+        self,
+        query: str,
+        documents: Sequence[str],
+        truncate: bool,
+        truncation_direction: str = "right",
+        max_tokens: int | None = None,
+        doc_tokens: int | None = None,
     ) -> list[Pair]:
-        """(query, document) pairs as the model's pair template lays them out. Over the input limit: cut
-        longest-first (sentence-transformers' CrossEncoder; from the texts' ends, or their starts with
-        `truncation_direction="left"`, TEI's option) when `truncate`, else PairTooLong naming the document."""
+        """(query, document) pairs as the model's pair template lays them out. A pair over `max_tokens` (default: the
+        model's input limit) is cut longest-first (sentence-transformers' CrossEncoder; from the texts' ends, or their
+        starts with `truncation_direction="left"`, TEI's option) when `truncate`, else PairTooLong naming the
+        document. `doc_tokens` first cuts each document to that many of its own tokens (Cohere's
+        max_tokens_per_doc)."""
         if self.tokenizer is None:
             raise ModelError(f"{self.info.name} has no tokenizer.json")
-        limit = self.info.max_input_tokens
-        pairs = self.tokenizer.pairs(query, documents)
+        limit = self.info.max_input_tokens if max_tokens is None else min(max_tokens, self.info.max_input_tokens)
+        pairs = self.tokenizer.pairs(query, documents, doc_tokens=doc_tokens)
         over = [i for i, p in enumerate(pairs) if len(p) > limit]
         if over and not truncate:
             raise PairTooLong(over[0], len(pairs[over[0]]), limit)
         if over:
-            cut = self.tokenizer.pairs(query, [documents[i] for i in over], limit, truncation_direction == "left")
+            left = truncation_direction == "left"
+            specials = len(self.tokenizer.pairs("", [""])[0])
+            if limit < specials:  # `tokenizers` would leave the pair whole
+                raise InputError(f"a pair cannot be cut to {limit} tokens: the pair template alone takes {specials}")
+            cut = self.tokenizer.pairs(query, [documents[i] for i in over], limit, left, doc_tokens)
             for i, pair in zip(over, cut):
                 pairs[i] = pair
         return pairs

@@ -9,7 +9,9 @@ text's (the pre-tokenizers of BERT, XLM-R and ModernBERT all split there; tests/
 
 Pairs (cross-encoders) use the tokenizer's own pair template (`[CLS] q [SEP] d [SEP]` with token types 0/1 for BERT,
 `<s> q </s></s> d </s>` for XLM-R) and, when asked, its own `longest_first` truncation: what transformers' fast
-tokenizers, and so sentence-transformers' CrossEncoder, run.
+tokenizers, and so sentence-transformers' CrossEncoder, run (and TEI, from either side). A document can first be cut
+to a number of its own tokens (Cohere's max_tokens_per_doc): the texts are then encoded apart and joined by the same
+post-processor, which gives the pair's ids exactly (each text of a pair is pre-tokenised on its own).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ class Tokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self._json = self._tok.to_str()
-        self._truncating: dict[tuple[int, bool], HFTokenizer] = {}  # (limit, left) -> a truncating copy
-        self._lock = threading.Lock()
+        self._truncating: dict[bool, HFTokenizer] = {}  # left -> a copy that truncates pairs from that side
+        self._lock = threading.Lock()  # held while a truncating copy is set to a limit and used
         probe = self._tok.encode("a")
         mask = probe.special_tokens_mask
         self.head_specials = next((i for i, m in enumerate(mask) if not m), len(mask))
@@ -164,26 +166,45 @@ class Tokenizer:
         return any(self._tok.encode("query", "document").special_tokens_mask)
 
     def pairs(
-        self, query: str, documents: Sequence[str], truncate_to: int | None = None, left: bool = False
+        self,
+        query: str,
+        documents: Sequence[str],
+        truncate_to: int | None = None,
+        left: bool = False,
+        doc_tokens: int | None = None,
     ) -> list[Pair]:
-        """(query, document) pairs through the pair template; with `truncate_to`, cut longest-first to that many
-        tokens (the longer text of the pair loses a token at a time, from its end; from its start with `left`)."""
-        tok = self._tok if truncate_to is None else self._truncating_copy(truncate_to, left)
+        """(query, document) pairs through the pair template. With `doc_tokens`, each document is first cut to that
+        many of its own tokens (special tokens not counted), from its end. With `truncate_to`, each pair is then cut
+        longest-first to that many tokens (the longer text of the pair loses a token at a time, from its end; from its
+        start with `left`)."""
         try:
-            encodings = tok.encode_batch([(query, d) for d in documents])
+            if truncate_to is None:
+                return self._pairs(self._tok, query, documents, doc_tokens)
+            with self._lock:  # the copy's limit is a setting of the Rust object, shared by every thread
+                tok = self._truncating_copy(left)
+                if (tok.truncation or {}).get("max_length") != truncate_to:
+                    tok.enable_truncation(truncate_to, strategy="longest_first", direction="left" if left else "right")
+                return self._pairs(tok, query, documents, doc_tokens)
         except Exception as exc:  # e.g. a limit shorter than the template's special tokens
             raise InputError(f"cannot tokenize the pairs: {str(exc).splitlines()[0]}") from None
+
+    def _pairs(self, tok: HFTokenizer, query: str, documents: Sequence[str], doc_tokens: int | None) -> list[Pair]:
+        if doc_tokens is None:
+            encodings = tok.encode_batch([(query, d) for d in documents])
+        else:
+            first = self._tok.encode(query, add_special_tokens=False)
+            seconds = self._tok.encode_batch(list(documents), add_special_tokens=False)
+            for second in seconds:
+                second.truncate(doc_tokens)
+            encodings = [tok.post_process(first, second) for second in seconds]  # `tok`'s truncation, then template
         return [Pair(e.ids, e.type_ids) for e in encodings]
 
-    def _truncating_copy(self, limit: int, left: bool) -> HFTokenizer:
-        """A separate tokenizer per limit and side: truncation is a setting of the Rust object, shared by every
-        thread."""
-        with self._lock:
-            if (limit, left) not in self._truncating:
-                tok = HFTokenizer.from_str(self._json)
-                tok.enable_truncation(limit, strategy="longest_first", direction="left" if left else "right")
-                self._truncating[(limit, left)] = tok
-            return self._truncating[(limit, left)]
+    def _truncating_copy(self, left: bool) -> HFTokenizer:
+        """The separate tokenizer that truncates pairs from one side (one per side, whatever the limits asked: a copy
+        holds the whole vocabulary). Called with the lock held."""
+        if left not in self._truncating:
+            self._truncating[left] = HFTokenizer.from_str(self._json)
+        return self._truncating[left]
 
 
 def cut_point(text: str, at: int, lo: int = 0) -> int:

@@ -41,6 +41,15 @@ def answer(body: Any) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
+def no_cut(truncate: bool | None, truncate_prompt_tokens: int | None) -> None:
+    """vLLM's truncate_prompt_tokens truncates: with our `truncate: false` it asks for two opposite things."""
+    if truncate is False and truncate_prompt_tokens is not None:
+        raise APIError(
+            400, "truncate_prompt_tokens truncates the pairs: it cannot be given with truncate false",
+            param="truncate_prompt_tokens", code="invalid_value",
+        )
+
+
 def record(request: Request, result: RerankResult) -> None:
     state = request.scope["state"]
     state["tokens"], state["inputs"] = result.tokens, len(result.scores)
@@ -56,16 +65,12 @@ async def tei_rerank(request: Request, rt: Runtime = Depends(require_ready)) -> 
     """TEI's rerank: every text scored against the query, best first."""
     req = await parse_body(request, TEIRerankRequest)
     served = pick_model(rt, request, req.model, RERANKER)
-    if req.truncation_direction.lower() == "left":
-        raise APIError(
-            400,
-            "truncation_direction Left is not supported for rerank: pairs are cut longest-first from the right, as "
-            "sentence-transformers does",
-            param="truncation_direction",
-            code="invalid_value",
-        )
+    left = req.truncation_direction.lower() == "left"
     result = await unless_disconnected(
-        request, served.service.rerank(req.query, req.texts, truncate=req.truncate, raw=req.raw_scores, param="texts")
+        request,
+        served.service.rerank(
+            req.query, req.texts, truncate=req.truncate, left=left, raw=req.raw_scores, param="texts"
+        ),
     )
     if result is None:
         return Response(status_code=499)
@@ -83,9 +88,17 @@ async def cohere_rerank(request: Request, rt: Runtime, version: str) -> Response
     served = pick_model(rt, request, req.model, RERANKER)
     texts = [d if isinstance(d, str) else d.text for d in req.documents]
     priority = None if req.priority is None else ("interactive" if req.priority == 0 else "bulk")
-    truncate = req.truncate or req.max_tokens_per_doc is not None
+    no_cut(req.truncate, req.truncate_prompt_tokens)
     result = await unless_disconnected(
-        request, served.service.rerank(req.query, texts, truncate=truncate, priority=priority)
+        request,
+        served.service.rerank(
+            req.query,
+            texts,
+            truncate=req.truncate,
+            doc_tokens=req.max_tokens_per_doc,
+            max_tokens=req.truncate_prompt_tokens,
+            priority=priority,
+        ),
     )
     if result is None:
         return Response(status_code=499)
@@ -146,8 +159,11 @@ async def score(request: Request, rt: Runtime = Depends(require_ready)) -> Respo
     served = pick_model(rt, request, req.model, RERANKER)
     queries = [req.text_1] if isinstance(req.text_1, str) else req.text_1
     documents = [req.text_2] if isinstance(req.text_2, str) else req.text_2
-    truncate = req.truncate if req.truncate is not None else (True if req.truncate_prompt_tokens else None)
-    result = await unless_disconnected(request, served.service.score_pairs(queries, documents, truncate=truncate))
+    no_cut(req.truncate, req.truncate_prompt_tokens)
+    result = await unless_disconnected(
+        request,
+        served.service.score_pairs(queries, documents, truncate=req.truncate, max_tokens=req.truncate_prompt_tokens),
+    )
     if result is None:
         return Response(status_code=499)
     record(request, result)

@@ -17,7 +17,7 @@ from app.errors import APIError
 from app.routes import rerank
 from app.routes.common import json_body, parse_body, pick_model, require_api_key, require_ready, unless_disconnected
 from app.runtime import EMBEDDING, RERANKER, Runtime
-from app.schemas import EmbeddingRequest
+from app.schemas import INPUT_FORMS, EmbeddingRequest, input_problem
 from app.schemas_tei import (
     DecodeRequest,
     EmbedAllRequest,
@@ -49,8 +49,11 @@ def as_request(model: str | None, inputs: Any, truncate: bool | None, direction:
         })
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise APIError(400, f"Invalid value for 'inputs': {first['msg']} (a string, token ids, or a list of either, "
-                       "not mixed)", param="inputs", code="invalid_value") from None
+        if first["type"] == "input_shape":  # a list mixing texts and token ids, which TEI's schema lets through
+            message = f"{input_problem(inputs, INPUT_FORMS, 'inputs')} (not mixed)"
+        else:
+            message = f"Invalid value for 'inputs': {first['msg']}"
+        raise APIError(400, message, param="inputs", code="invalid_value") from None
 
 
 async def embed_vectors(request: Request, rt: Runtime, req: EmbeddingRequest) -> list | None:

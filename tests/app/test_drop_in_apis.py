@@ -58,9 +58,9 @@ def test_huggingface_hub_feature_extraction(server):
     cut = client.feature_extraction(long, truncate=True)
     np.testing.assert_allclose(np.asarray(cut).reshape(-1), openai(server.base, [long], long_input="truncate")[0],
                                atol=ATOL)
-    with pytest.raises(Exception) as err:  # truncate false: TEI's 422
+    with pytest.raises(Exception) as err:  # truncate false: TEI's 413 (its validation error)
         client.feature_extraction(long, truncate=False)
-    assert "422" in str(err.value)
+    assert "413" in str(err.value)
 
 
 def test_llama_index_text_embeddings_inference(server):
@@ -177,7 +177,8 @@ def test_infinity_models_and_embedding_type_extension(server):
     "path, body, status, keys",
     [
         ("/embed", {"inputs": []}, 400, {"error", "error_type"}),
-        ("/embed", {"inputs": "word " * 200, "truncate": False}, 422, {"error", "error_type"}),
+        ("/embed", {"inputs": "word " * 200, "truncate": False}, 413, {"error", "error_type"}),
+        ("/embed", {"inputs": ["a"] * 5000}, 413, {"error", "error_type"}),
         ("/embed", {"inputs": ["a", [1, 2]]}, 422, {"error", "error_type"}),
         ("/embed", {"inputs": "a", "prompt_name": "nope"}, 422, {"error", "error_type"}),
         ("/embed", {"inputs": "a", "dimensions": 10_000}, 422, {"error", "error_type"}),
@@ -193,6 +194,8 @@ def test_infinity_models_and_embedding_type_extension(server):
         ("/v2/embed", {"texts": ["a"], "model": "nope"}, 404, {"message"}),
         ("/v2/embed", {"texts": ["a"], "images": ["x"]}, 400, {"message"}),
         ("/embeddings", {"input": ""}, 400, {"message", "type", "param", "code"}),
+        ("/", {"inputs": None}, 422, {"error", "error_type"}),
+        ("/", {"inputs": "a", "dimensions": -1}, 422, {"error", "error_type"}),
         ("/v1/embeddings", {"input": "a", "embedding_type": "int4"}, 400, {"message", "type", "param", "code"}),
     ],
 )
@@ -201,6 +204,49 @@ def test_bad_input_in_each_routes_own_shape(server, path, body, status, keys):
     assert r.status_code == status, (r.status_code, r.text)
     err = r.json()
     assert set(err["error"] if isinstance(err.get("error"), dict) else err) == keys, err
+
+
+def test_an_input_over_the_limit_says_how_to_truncate_in_the_routes_own_terms(server):
+    long = "word " * 200  # over the 64-token limit
+    tei = httpx.post(f"{server.base}/embed", json={"inputs": long, "truncate": False}).json()["error"]
+    assert "set truncate to true" in tei and "long_input" not in tei, tei
+    cohere_ = httpx.post(f"{server.base}/v2/embed", json={"texts": [long], "truncate": "NONE"}).json()["message"]
+    assert "set truncate to END or START" in cohere_ and "long_input" not in cohere_, cohere_
+    openai_ = httpx.post(f"{server.base}/v1/embeddings", json={"input": long}).json()["error"]["message"]
+    assert "set long_input to 'truncate' or 'chunk'" in openai_
+
+
+def test_info_of_an_unknown_model_is_teis_404(server):
+    r = httpx.get(f"{server.base}/info", params={"model": "nope"})
+    assert r.status_code == 404 and set(r.json()) == {"error", "error_type"} and "nope" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        ("/embed", {"inputs": None}, "'inputs' must be a non-empty string, a list of strings, a list of token ids or a "
+         "list of token-id lists; got null"),
+        ("/embed", {"inputs": ["a", [1, 2]]}, "got a list of strings with a list at inputs[1] (not mixed)"),
+        ("/embed_all", {"inputs": [[]]}, "got an empty token-id list at inputs[0]"),
+        ("/tokenize", {"inputs": ["a", 1]}, "'inputs' must be a non-empty string or a list of strings; got a list of "
+         "strings with an integer at inputs[1]"),
+        ("/decode", {"ids": [[1], [2, "x"]]}, "'ids' must be a list of token ids or a list of token-id lists; got a "
+         "list of token-id lists with a string at ids[1][1]"),
+        ("/v1/score", {"model": "rr", "text_1": "q", "text_2": []}, "'text_2' must be a non-empty string or a list "
+         "of strings; got an empty list"),
+        ("/v2/rerank", {"model": "rr", "query": "q", "documents": ["a", {"text": 1}]}, "'documents' must be a list of "
+         'strings or of {"text": string} objects; documents[1] is an object of other keys or types'),
+    ],
+)
+def test_a_malformed_field_is_named_with_what_it_takes(server, path, body, message):
+    """Not pydantic's first union branch (`inputs.str`, `text_2.str`, `documents.0.str`): the field, its forms and
+    the element at fault, in the route's own error shape."""
+    r = httpx.post(f"{server.base}{path}", json=body)
+    assert r.status_code in (400, 422), r.text
+    err = r.json()
+    text = err["error"] if path in ("/embed", "/embed_all", "/tokenize", "/decode") else (
+        err["message"] if path == "/v2/rerank" else err["error"]["message"])
+    assert message in text, text
 
 
 def test_openapi_lists_every_route_grouped_by_api(server):

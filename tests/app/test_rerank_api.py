@@ -13,8 +13,10 @@ import cohere
 import httpx
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from model.encoder import Encoder
+from model.tokenizer import Pair
 from tests.app.conftest import server_process
 from tests.conftest import GOLDEN, load_golden
 
@@ -146,14 +148,14 @@ def test_bad_rerank_requests_answer_in_each_routes_shape(rerankers):
         ("/rerank", {"model": "bert", "query": "q", "texts": []}, 400, "empty"),
         ("/v1/rerank", {"model": "bert", "query": "q", "documents": []}, 400, None),
         ("/v2/rerank", {"model": "bert", "query": "", "documents": ["a"]}, 400, None),
-        ("/rerank", {"model": "bert", "query": "q", "texts": ["ok", long_doc], "truncate": False}, 422, "validation"),
+        ("/rerank", {"model": "bert", "query": "q", "texts": ["ok", long_doc], "truncate": False}, 413, "validation"),
         ("/v1/rerank", {"model": "bert", "query": "q", "documents": ["ok", long_doc], "truncate": False}, 400, None),
         ("/v1/score", {"model": "bert", "text_1": "q", "text_2": ["ok", long_doc], "truncate": False}, 400, None),
         ("/rerank", {"model": "mini", "query": "q", "texts": ["a"]}, 400, "validation"),
         ("/v2/rerank", {"model": "mini", "query": "q", "documents": ["a"]}, 400, None),
         ("/v1/score", {"model": "mini", "text_1": "q", "text_2": "a"}, 400, None),
         ("/rerank", {"model": "bert", "query": "q", "texts": "not a list"}, 422, "validation"),
-        ("/rerank", {"model": "bert", "query": "q", "texts": ["a"], "truncation_direction": "Left"}, 422, "validation"),
+        ("/rerank", {"model": "bert", "query": "q", "texts": ["a"], "truncation_direction": "Up"}, 422, "validation"),
         ("/v2/rerank", {"model": "bert", "query": "q", "documents": ["a"], "top_n": 0}, 400, None),
         ("/v2/rerank", {"model": "bert", "query": "q", "documents": ["a"], "unknown": 1}, 400, None),
         ("/v1/score", {"model": "bert", "text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, 400, None),
@@ -218,3 +220,113 @@ def test_embedder_and_reranker_side_by_side(rerankers, minilm):
     listed = {m["id"]: m["kind"] for m in httpx.get(f"{base}/v1/models").json()["data"]}
     assert listed == {"mini": "embedding", "bert": "reranker", "xlmr": "reranker", "modernbert": "reranker"}
     assert json.loads(httpx.get(f"{base}/ready").text)["status"] == "ready"
+
+
+def reference(name: str) -> Encoder:
+    return Encoder.load(str(RERANK / FAMILIES[name]), device="cpu", dtype="float32")
+
+
+def library_pairs(name: str, query: str, documents: list[str], limit: int, direction: str = "right") -> list[Pair]:
+    """The pairs as the `tokenizers` library cuts them itself (longest first, from `direction`): TEI's rule."""
+    tok = Tokenizer.from_file(str(RERANK / FAMILIES[name] / "tokenizer.json"))
+    tok.enable_truncation(limit, strategy="longest_first", direction=direction)
+    return [Pair(e.ids, e.type_ids) for e in tok.encode_batch([(query, d) for d in documents])]
+
+
+def scores_by_index(ranks: list[dict]) -> list[float]:
+    return [r["score"] for r in sorted(ranks, key=lambda r: r["index"])]
+
+
+@pytest.mark.parametrize("name", ["bert", "xlmr"])
+def test_tei_left_truncation_cuts_the_pairs_starts(rerankers, name):
+    """TEI's truncation_direction Left on /rerank: a pair over the limit loses tokens longest-first from the texts'
+    starts (the `tokenizers` truncation TEI runs), so the document's end is what is scored."""
+    query = "where does the river flow"
+    documents = ["short document", "start words " * 400 + "the spree flows through berlin", "berlin " * 10]
+    body = {"model": name, "query": query, "texts": documents, "truncate": True, "raw_scores": True}
+    left = httpx.post(f"{rerankers.base}/rerank", json=body | {"truncation_direction": "Left"}, timeout=60)
+    right = httpx.post(f"{rerankers.base}/rerank", json=body | {"truncation_direction": "Right"}, timeout=60)
+    assert left.status_code == 200 and right.status_code == 200, left.text
+    model = reference(name)
+    want_left = model.score(library_pairs(name, query, documents, 512, "left"))
+    want_right = model.score(library_pairs(name, query, documents, 512, "right"))
+    np.testing.assert_allclose(scores_by_index(left.json()), want_left, atol=ATOL)
+    np.testing.assert_allclose(scores_by_index(right.json()), want_right, atol=ATOL)
+    assert abs(want_left[1] - want_right[1]) > 1e-4  # the long document really is cut from the other side
+    assert scores_by_index(left.json())[::2] == pytest.approx(scores_by_index(right.json())[::2], abs=ATOL)
+    refused = httpx.post(f"{rerankers.base}/rerank", json=body | {"truncate": False, "truncation_direction": "Left"})
+    assert refused.status_code == 413 and refused.json()["error_type"] == "validation"
+
+
+def test_vllm_truncate_prompt_tokens_cuts_each_pair_to_that_many(rerankers):
+    """vLLM's truncate_prompt_tokens on /v1/score and /v1/rerank cuts each pair longest-first to that many tokens:
+    on a server at the model's own limit, 64 gives the goldens' `*_max_length_64` scores (sentence-transformers at
+    max_length 64)."""
+    base = rerankers.base
+    for name, case in cases(True):
+        body = {"model": name, "text_1": case["query"], "text_2": case["documents"], "truncate_prompt_tokens": 64}
+        score = httpx.post(f"{base}/v1/score", json=body, timeout=60)
+        assert score.status_code == 200, score.text
+        np.testing.assert_allclose([d["score"] for d in score.json()["data"]], expected(case, "predict_default"),
+                                   atol=ATOL, err_msg=f"{name} {case['name']}")
+        assert score.json()["usage"]["prompt_tokens"] == sum(len(p["input_ids"]) for p in case["pairs"])
+        rerank = httpx.post(f"{base}/v1/rerank", json={"model": name, "query": case["query"],
+                                                       "documents": case["documents"], "truncate_prompt_tokens": 64})
+        assert rerank.status_code == 200, rerank.text
+        assert [r["index"] for r in rerank.json()["results"]] == rank_order(case)
+        for r in rerank.json()["results"]:
+            assert r["relevance_score"] == pytest.approx(case["pairs"][r["index"]]["predict_default"], abs=ATOL)
+    short = httpx.post(f"{base}/v1/score", json={"model": "bert", "text_1": "q", "text_2": ["a b c d e f g h"],
+                                                 "truncate_prompt_tokens": 6}).json()
+    assert short["usage"]["prompt_tokens"] == 6
+
+
+def test_cohere_max_tokens_per_doc_cuts_each_document_before_pairing(rerankers):
+    """Cohere's max_tokens_per_doc (through the cohere SDK) cuts each document to that many of its own tokens, then
+    pairs it: the same scores as sending the documents' first words that hold exactly those tokens."""
+    base = rerankers.base
+    client = cohere.ClientV2(base_url=base, api_key="unused")
+    query = "rivers of berlin"
+    text = "the spree and the havel flow through berlin and brandenburg into the elbe"
+    start = " ".join(text.split()[:6])
+    for name in ("bert", "xlmr", "modernbert"):
+        tok = reference(name).tokenizer
+        whole, head = (ids[tok.head_specials : len(ids) - tok.tail_specials] for ids in tok.encode([text, start]))
+        assert whole[: len(head)] == head  # the first six words are the text's first len(head) tokens
+        out = client.rerank(model=name, query=query, documents=[text, text, "berlin"], max_tokens_per_doc=len(head))
+        prefix = httpx.post(f"{base}/v1/rerank", json={"model": name, "query": query,
+                                                       "documents": [start, "berlin"]}).json()
+        got = {r.index: r.relevance_score for r in out.results}
+        want = {r["index"]: r["relevance_score"] for r in prefix["results"]}
+        assert got[0] == pytest.approx(want[0], abs=ATOL) and got[1] == pytest.approx(want[0], abs=ATOL), name
+        assert got[2] == pytest.approx(want[1], abs=ATOL), name  # a shorter document is not touched
+        full = httpx.post(f"{base}/v1/rerank", json={"model": name, "query": query, "documents": [text]})
+        assert full.json()["results"][0]["relevance_score"] != pytest.approx(got[0], abs=1e-4)
+    # a document over the model's limit, cut by max_tokens_per_doc, fits even with truncation off
+    long = httpx.post(f"{base}/v2/rerank", json={"model": "bert", "query": query, "documents": ["berlin " * 700],
+                                                 "max_tokens_per_doc": 100, "truncate": False}).json()
+    assert long["meta"]["tokens"]["input_tokens"] == 100 + 3 + 3  # [CLS] rivers of berlin [SEP] ... [SEP]
+
+
+def test_token_counts_out_of_range_are_400s_in_each_routes_shape(rerankers):
+    base = rerankers.base
+    checks = [
+        ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+        ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 2}, "pair template alone takes 3"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "truncate_prompt_tokens": 1}, "truncate_prompt_tokens"),
+        ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 513}, "512"),
+        ("/v1/score", {"text_1": ["q"], "text_2": ["a"], "truncate_prompt_tokens": -1}, "truncate_prompt_tokens"),
+        ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 8, "truncate": False}, "truncate"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "truncate_prompt_tokens": 10**6}, "512"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "max_tokens_per_doc": 0}, "max_tokens_per_doc"),
+        ("/v2/rerank", {"query": "q", "documents": ["a"], "max_tokens_per_doc": 513}, "512"),
+        ("/v2/rerank", {"query": "q", "documents": ["a"], "max_tokens_per_doc": "ten"}, "max_tokens_per_doc"),
+        ("/v2/rerank", {"query": "q", "documents": ["a"], "truncate_prompt_tokens": 8, "truncate": False}, "truncate"),
+    ]
+    for path, body, says in checks:
+        r = httpx.post(f"{base}{path}", json=body | {"model": "bert"})
+        assert r.status_code == 400, (path, body, r.text)
+        if path == "/v1/score":
+            assert r.json()["error"]["type"] == "invalid_request_error" and says in r.json()["error"]["message"]
+        else:
+            assert set(r.json()) == {"message"} and says in r.json()["message"], r.json()

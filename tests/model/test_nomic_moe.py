@@ -9,6 +9,7 @@ cache: tests/model/test_weight_formats.py).
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from model.encoder import Encoder
-from model.nomic_bert import MoE
+from model.nomic_bert import MoE, expert_runs
 from tests.conftest import GOLDEN, load_golden
 from tests.model.test_embed_cli import read_jsonl, run_embed
 
@@ -114,21 +115,53 @@ def test_router_near_tie_routes_as_the_reference_when_batched(encoder):
     assert set(bf16_choice) != set(tie["top_experts"])
 
 
-def test_experts_run_grouped_one_call_each(encoder):
+def expert_calls(encoder: Encoder, ids: list[list[int]], threads: int) -> tuple[list[tuple], list[int], np.ndarray]:
+    """Every expert call of one forward on `threads` threads: (expert, rows, calling thread, its intra-op threads),
+    the rows routed to each expert, and the pooled vectors."""
     moe = moe_layer(encoder, 1)
-    rows: list[tuple[int, int]] = []
+    calls: list[tuple] = []
+
+    def record(e: int, rows: int) -> None:
+        calls.append((e, rows, threading.get_ident(), torch.get_num_threads()))
+
     handles = [
-        expert.register_forward_hook(lambda _m, args, _o, e=e: rows.append((e, args[0].shape[0])))
+        expert.register_forward_hook(lambda _m, args, _o, e=e: record(e, args[0].shape[0]))
         for e, expert in enumerate(moe.experts)
     ]
     try:
         with RouterLog(moe) as log:
-            encoder.pooled([c["input_ids"] for c in CASES])
+            pooled = encoder.pooled(ids, threads=threads)
     finally:
         for h in handles:
             h.remove()
-    routed = torch.bincount(log.choices[0][1].flatten(), minlength=len(moe.experts)).tolist()
-    assert rows == [(e, n) for e, n in enumerate(routed) if n]  # each expert once, on all of its tokens
+    return calls, torch.bincount(log.choices[0][1].flatten(), minlength=len(moe.experts)).tolist(), pooled
+
+
+def test_experts_run_grouped_one_call_each(encoder):
+    calls, routed, _ = expert_calls(encoder, [c["input_ids"] for c in CASES], threads=1)
+    assert [(e, n) for e, n, *_ in calls] == [(e, n) for e, n in enumerate(routed) if n]  # once, on all its tokens
+
+
+def test_experts_run_as_single_threaded_tasks_on_two_threads(encoder):
+    """On 2 intra-op threads the grouped rows are cut in two equal runs, each on its own single-threaded worker (one
+    join per layer, not one per GEMM); an expert on the cut runs as two calls. Same vectors as on 1 thread."""
+    ids = [c["input_ids"] for c in CASES]
+    calls, routed, pooled = expert_calls(encoder, ids, threads=2)
+    assert len({thread for *_, thread, _ in calls}) == 2 and threading.get_ident() not in {c[2] for c in calls}
+    assert {n_threads for *_, n_threads in calls} == {1}
+    assert [sum(n for e, n, *_ in calls if e == x) for x in range(len(routed))] == routed
+    assert len(calls) <= sum(1 for n in routed if n) + 1
+    per_thread = {t: sum(n for _, n, u, _ in calls if u == t) for t in {c[2] for c in calls}}
+    assert sorted(per_thread.values()) == [sum(routed) // 2, sum(routed) - sum(routed) // 2]
+    np.testing.assert_allclose(encoder.finish(pooled), [c["mean_pooled_l2"] for c in CASES], atol=ATOL)
+    assert torch.get_num_threads() == 2  # the caller's own count untouched
+
+
+def test_expert_runs_cut_the_grouped_rows_evenly():
+    assert expert_runs([3, 0, 5], 1) == [[(0, 0, 3), (2, 3, 8)]]
+    assert expert_runs([100, 0, 60, 40], 2) == [[(0, 0, 100)], [(2, 100, 160), (3, 160, 200)]]
+    assert expert_runs([150, 50], 2) == [[(0, 0, 100)], [(0, 100, 150), (1, 150, 200)]]
+    assert expert_runs([40, 40], 2) == [[(0, 0, 40), (1, 40, 80)]]  # too few rows to be worth a second worker
 
 
 def test_bf16_keeps_the_router_in_fp32(encoder):

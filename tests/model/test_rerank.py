@@ -165,6 +165,39 @@ def test_left_truncation_cuts_the_starts():
     assert [len(p) for p in pairs] == [64, 45]
 
 
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_pair_and_document_token_limits(folder):
+    """max_tokens (vLLM's truncate_prompt_tokens) is the library's longest-first cut at that many tokens, from
+    either side; doc_tokens (Cohere's max_tokens_per_doc) cuts only the document, before pairing; and however many
+    limits are asked, one truncating tokenizer per side is kept (a copy holds the whole vocabulary)."""
+    from tokenizers import Tokenizer
+
+    enc = load(folder)
+    query, documents = "what is berlin", ["berlin is the capital of germany " * n + "the end" for n in (1, 4, 30)]
+    reference = Tokenizer.from_file(str(RERANK / folder / "tokenizer.json"))
+    for limit in (12, 20, 33):
+        for side in ("right", "left"):
+            reference.enable_truncation(limit, strategy="longest_first", direction=side)
+            want = [(e.ids, e.type_ids) for e in reference.encode_batch([(query, d) for d in documents])]
+            got = enc.tokenize_pairs(query, documents, truncate=True, truncation_direction=side, max_tokens=limit)
+            assert [(p.ids, p.token_types) for p in got] == want, (limit, side)
+    assert len(enc.tokenizer._truncating) == 2
+    plain = enc.tokenize_pairs(query, documents, truncate=False)
+    assert enc.tokenize_pairs(query, documents, truncate=False, doc_tokens=10_000) == plain
+    cut = enc.tokenize_pairs(query, documents, truncate=False, doc_tokens=5)
+    tok = enc.tokenizer
+    head = len(tok.encode([query])[0]) - tok.tail_specials  # the query and the specials before the document
+    for pair, full in zip(cut, plain):
+        assert pair.ids[:head] == full.ids[:head] and pair.ids[head : head + 5] == full.ids[head : head + 5]
+        assert len(pair) == min(len(full), len(cut[0]))  # every document here has at least 5 tokens
+    with pytest.raises(PairTooLong):
+        enc.tokenize_pairs(query, documents, truncate=False, max_tokens=12)
+    specials = len(enc.tokenize_pairs("", [""], truncate=False)[0])
+    assert len(enc.tokenize_pairs(query, documents, truncate=True, max_tokens=specials)[2]) == specials
+    with pytest.raises(InputError, match="pair template alone"):  # `tokenizers` would leave the pair whole
+        enc.tokenize_pairs(query, documents, truncate=True, max_tokens=specials - 1)
+
+
 def test_a_tokenizer_without_a_pair_template_is_a_load_error(tmp_path):
     folder = copy("xlmr-reranker-tiny", tmp_path)
     tokenizer = json.loads((folder / "tokenizer.json").read_text()) | {"post_processor": None}
