@@ -156,9 +156,9 @@ def cpu_targets(rows: list[dict]) -> list[dict]:
             add(f"single short request, idle server{tag}: p50 ms", idle and idle["ours"], 10.0, "{:.1f} ms",
                 at_most=True)
     # issue 22: small batches against ONNX Runtime, the idle request, the tail at c=16 (~180 tok)
-    for dtype, goal in (("float32", 1.0), ("bfloat16", 1 / 0.7)):
+    for dtype, goal in (("fp32", 1.0), ("bf16", 1 / 0.7)):  # the ort rows' own dtype names
         short = _find(rows, group="ort", metric="forward_ms", batch_size=1, dtype=dtype)
-        if dtype == "float32" or short:
+        if dtype == "fp32" or short:
             add(f"MiniLM 1 x 16 tok forward, ours {dtype} vs ORT fp32: ORT time / ours (issue 22)",
                 short and short["ratio"], goal, "{:.2f}x")
     idle_ort = _find(rows, group="ort", metric="idle_vs_ort")
