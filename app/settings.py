@@ -103,7 +103,10 @@ class Settings(BaseSettings):
     )
 
     # batching
-    max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one encoder batch (padded cost on CPU).")
+    max_batch_tokens: int | None = Field(
+        None, ge=1, description="Token budget of one encoder batch (padded cost on CPU). Default: 16384 on CUDA, 512 "
+        "on CPU (small batches keep the two CPU workers' batches even, so no request waits behind a long one)."
+    )
     max_batch_size: int = Field(256, ge=1, description="Most inputs in one encoder batch.")
     max_wait_ms: float = Field(
         2.0, ge=0, description="How long an idle device waits for more work to fill a batch (only while requests keep "

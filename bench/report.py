@@ -155,6 +155,21 @@ def cpu_targets(rows: list[dict]) -> list[dict]:
         if dtype == "float32" or idle:
             add(f"single short request, idle server{tag}: p50 ms", idle and idle["ours"], 10.0, "{:.1f} ms",
                 at_most=True)
+    # issue 22: small batches against ONNX Runtime, the idle request, the tail at c=16 (~180 tok)
+    for dtype, goal in (("fp32", 1.0), ("bf16", 1 / 0.7)):  # the ort rows' own dtype names
+        short = _find(rows, group="ort", metric="forward_ms", batch_size=1, dtype=dtype)
+        if dtype == "fp32" or short:
+            add(f"MiniLM 1 x 16 tok forward, ours {dtype} vs ORT fp32: ORT time / ours (issue 22)",
+                short and short["ratio"], goal, "{:.2f}x")
+    idle_ort = _find(rows, group="ort", metric="idle_vs_ort")
+    over = idle_ort and idle_ort["ours"] and idle_ort["params"].get("ort_forward_ms") and (
+        idle_ort["ours"] - idle_ort["params"]["ort_forward_ms"])
+    add("idle server p50 minus ORT's 1 x 16 forward, fp32: ms (issue 22)", over or None, 3.0, "{:.1f} ms",
+        at_most=True)
+    for q in ("p95", "p99"):
+        tail = _find(rows, group="server", kind="medium", concurrency=16, metric=q, dtype="float32")
+        add(f"server medium c=16: {q} latency no worse than Infinity's (issue 22)", tail and tail["ratio"], 1.0,
+            "{:.2f}x")
     return out
 
 

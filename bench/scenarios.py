@@ -320,6 +320,7 @@ def ort(ctx: Context) -> None:
     graph of the transformers model (`peers/ort.py`), both on every core; vectors compared first."""
     p = ctx.profile
     runners: dict[str, Runner] = {}
+    ort_short_s = None  # ORT's 1 x 16 forward, for the idle-server row
     try:
         runners["ours fp32"] = ours_runner(ctx, "ours_ort_fp32")
         ctx.info["ours_ort_fp32"] = runners["ours fp32"].call("load", model=str(ctx.minilm), dtype="float32")
@@ -343,6 +344,8 @@ def ort(ctx: Context) -> None:
             times = interleaved(ctx, runners, "time_ids", {"batches": [batch]}, p.warmup, reps, p.max_s)
             tokens = sum(lengths)
             peer_t = best(times["ORT fp32"]) if "ORT fp32" in times else None
+            if lengths == (16,):
+                ort_short_s = peer_t
             for side in ("ours fp32", "ours bf16"):
                 if side not in times:
                     continue
@@ -364,6 +367,33 @@ def ort(ctx: Context) -> None:
     finally:
         for runner in runners.values():
             runner.close()
+    _idle_vs_ort(ctx, ort_short_s)
+
+
+def _idle_vs_ort(ctx: Context, ort_forward_s: float | None) -> None:
+    """Our fp32 server, idle (single ~16-token requests 50 ms apart), against an ORT forward + the same HTTP path: ORT's
+    best 1 x 16 forward plus what the same server takes to answer the same texts again from its cache (everything
+    but the model). The difference between the two is the model's share of the gap."""
+    p = ctx.profile
+    tok = ctx.minilm / "tokenizer.json"
+    bodies = _bodies(None, inputs.texts_of_length(tok, 16, 256, seed=36))[: p.idle_requests]
+    runs = {}
+    with servers.ours(str(ctx.minilm), ctx.work, "float32", extra=["--cache-bytes", str(64 << 20)],
+                      name="ours_idle_ort") as srv:
+        bodies = [{**b, "model": srv.model_id} for b in bodies]
+        for label in ("computed", "cache hits"):  # the second pass finds every text in the cache
+            result = loadgen.run_load_spread(srv.embed_url, bodies, 1, len(bodies), p.load_max_s * 2, pause_s=0.05)
+            if result.errors:
+                ctx.note(f"idle server vs ORT ({label}): {result.errors} failed requests; first: {result.first_error}")
+            runs[label] = result.summary()
+            log.info("idle server, %s: p50 %.2f ms", label, runs[label]["p50_ms"] or -1)
+    path_ms = runs["cache hits"]["p50_ms"]
+    peer = 1e3 * ort_forward_s + path_ms if ort_forward_s and path_ms else None
+    ctx.rows.append(make_row("ort", "server idle, single short request p50, ours fp32 vs ORT fp32 forward + the same "
+                             "HTTP path", "ms", runs["computed"]["p50_ms"], "ORT fp32 1 x 16 forward + our cache-hit "
+                             "p50", peer, better="lower", metric="idle_vs_ort", dtype="float32",
+                             ort_forward_ms=ort_forward_s and 1e3 * ort_forward_s, http_path_p50_ms=path_ms,
+                             ours_run=runs["computed"], cache_hit_run=runs["cache hits"]))
 
 
 # ---- full-size NomicBert: ours vs transformers' nomic_bert, ids in, MFU ---------------------------------------------
@@ -581,7 +611,6 @@ def fastpath(ctx: Context) -> None:
         "default": {},
         "torch.compile": {"compile": True},
         "1 thread": {"threads": 1},
-        "all threads for every batch": {"small_batch_tokens": 0},
         "nn.Linear (MKL), not oneDNN": {"linears": "aten"},
         "bfloat16": {"dtype": "bfloat16"},
     }

@@ -17,6 +17,7 @@ import asyncio
 import datetime
 import importlib.metadata
 import json
+import os
 import random
 import signal
 import sys
@@ -185,12 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="packaged:all-MiniLM-L6-v2")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--server-arg", action="append", default=[], help="an extra server flag (repeatable)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the server (repeatable), e.g. MALLOC_ARENA_MAX=1 for an A/B")
+    parser.add_argument("--name", default="soak", help="the result files' stem after the date")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     args = parser.parse_args(argv)
     warmup_min = args.warmup_minutes if args.warmup_minutes is not None else min(5.0, args.minutes / 4)
     args.out.mkdir(parents=True, exist_ok=True)
-    server = ours(args.model, Path(tempfile.mkdtemp(prefix="soak-")), dtype=args.dtype, extra=args.server_arg)
+    env = dict(item.split("=", 1) for item in args.env)
+    server = ours(args.model, Path(tempfile.mkdtemp(prefix="soak-")), dtype=args.dtype, extra=args.server_arg, env=env)
+    info = machine(args.dtype, "cpu", {"torch": importlib.metadata.version("torch")})  # load average at the start
     server.start()
     assert server.proc is not None
     try:
@@ -210,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     per_hour = None
     if len(warm) >= 2 and warm[-1]["t_s"] > warm[0]["t_s"]:
         per_hour = float(np.polyfit([s["t_s"] / 3600 for s in warm], [s["rss_mb"] for s in warm], 1)[0])
-    info = machine(args.dtype, "cpu", {"torch": importlib.metadata.version("torch")})
+    info["loadavg_end"] = list(os.getloadavg())
     result = {
         "minutes": args.minutes, "warmup_minutes": warmup_min, "concurrency": args.concurrency, "seed": args.seed,
-        "model": args.model, "server_args": args.server_arg, "machine": info,
+        "model": args.model, "server_args": args.server_arg, "server_env": env, "machine": info,
         "requests": tally["requests"], "disconnected": tally["disconnected"], "tally": dict(sorted(tally.items())),
         "failures": failures[:50], "failure_count": len(failures),
         "rss_start_mb": samples[0]["rss_mb"], "rss_end_mb": samples[-1]["rss_mb"],
@@ -223,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         "slope_mb_per_hour": None if per_hour is None else round(per_hour, 2),
         "exit_code": exit_code, "shutdown_s": round(shutdown_s, 2), "samples": samples,
     }
-    stem = args.out / f"{args.date}-soak"
+    stem = args.out / f"{args.date}-{args.name}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    title = (f"{args.model} {args.dtype}, {args.concurrency} clients, {tally['requests']} requests in {args.minutes:g} "
-             f"min; {info['cpu_model']}, {info['cores']} cores")
+    title = (f"{args.model} {args.dtype} {' '.join(args.env)}, {args.concurrency} clients, {tally['requests']} "
+             f"requests in {args.minutes:g} min; {info['cpu_model']}, {info['cores']} cores")
     plot(samples, warm, slope, stem.with_suffix(".png"), title)
     print(json.dumps({k: v for k, v in result.items() if k not in ("samples", "machine", "failures")}, indent=1))
     for line in failures[:10]:

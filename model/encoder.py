@@ -35,10 +35,6 @@ from model.weights import read_state_dict, resolve_model_dir
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# On CPU, batches with fewer real tokens than this run on one intra-op thread: their ops are too small to split, and
-# every op's fork/join waits on the slowest thread -- a core busy with the event loop or another process stalls it for
-# a scheduler slice (measured on a busy 2-core box: median 2.5x slower for one 16-token input, 8x for four).
-SMALL_BATCH_TOKENS = 64
 # On CPU one forward takes at most this many tokens: activations of larger batches spill out of the caches (measured on
 # a Zen 4 EPYC, 32 MiB L3, fp32: MiniLM 7,700 tok/s at 720-2,880 tokens per forward, 6,700 at 11,520; full-size
 # NomicBert 829 tok/s at 720, 720 at 4,320). A longer single input still runs whole.
@@ -281,10 +277,10 @@ class Encoder:
         self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None, threads: int
     ) -> np.ndarray:
         """One forward."""
-        if self.device.type == "cpu":  # per call: the thread count is per calling thread, and the batcher has its own
-            want = 1 if sum(len(s) for s in batch) < SMALL_BATCH_TOKENS else threads
-            if torch.get_num_threads() != want:
-                torch.set_num_threads(want)
+        # per call: OpenMP's thread count is per calling thread, and each batcher worker is its own thread. A small
+        # batch gets all of them too: at 16 tokens a linear is as much arithmetic per weight as the cores can do.
+        if self.device.type == "cpu" and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         return self.run(self.prepare(batch, token_types))
 
     @property

@@ -151,7 +151,7 @@ async def info(model: str | None = None, rt: Runtime = Depends(require_ready)) -
         # no cap on concurrent requests here: the queue bound admits this many inputs of the longest length
         max_concurrent_requests=max(1, s.max_queue_tokens // i.max_input_tokens),
         max_input_length=i.max_input_tokens,
-        max_batch_tokens=s.max_batch_tokens,
+        max_batch_tokens=rt.max_batch_tokens,
         max_batch_requests=s.max_batch_size,
         max_client_batch_size=s.max_inputs_per_request,
         auto_truncate=s.long_input_default != "error",

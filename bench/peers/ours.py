@@ -9,10 +9,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-import torch
 
-import model.encoder as encoder_module
-from model import cpu_linear
+# isort: off
+from model import cpu_linear  # before torch: model/__init__.py sets OpenMP's idle spin, read when torch loads
+import torch
+# isort: on
+
 from model.encoder import Encoder
 
 HUGE = 1 << 40  # a max_batch_tokens that never splits: the bench decides the batches
@@ -20,9 +22,7 @@ state: dict = {}
 
 
 def load(model: str, dtype: str = "float32", compile: bool = False, threads: int | None = None,
-         small_batch_tokens: int | None = None, linears: str = "auto", device: str = "cpu") -> dict:
-    if small_batch_tokens is not None:  # fast-path experiments: 0 = every batch on all threads
-        encoder_module.SMALL_BATCH_TOKENS = small_batch_tokens
+         linears: str = "auto", device: str = "cpu") -> dict:
     if linears == "aten":  # fast-path experiment: keep nn.Linear whatever the timing says
         cpu_linear.install = lambda model, **_: "aten"
     enc = Encoder.load(model, device=device, dtype=dtype, compile=compile, threads=threads)

@@ -154,6 +154,7 @@ def test_tei_tokenize_decode_info_embed_all(server, tiny):
     info = httpx.get(f"{base}/info").json()
     assert info["model_type"] == {"embedding": {"pooling": "mean"}} and info["max_input_length"] == 64
     assert info["served_model_name"] == "nomic" and info["model_dtype"] == "float32"
+    assert info["max_batch_tokens"] == 512  # the CPU default (app/runtime.py CPU_BATCH_TOKENS)
     assert "reranker" in httpx.get(f"{base}/info", params={"model": "rr"}).json()["model_type"]
     per_token = httpx.post(f"{base}/embed_all", json={"inputs": TEXTS[:2]}).json()
     for text, got in zip(TEXTS[:2], per_token):

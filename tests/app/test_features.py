@@ -135,7 +135,8 @@ def test_a_query_behind_three_bulk_requests_waits_about_two_batch_times():
     encoder = WrappedEncoder(
         Encoder.load(str(NOMIC / "nomic-text-tiny"), device="cpu", dtype="float32"), delay_s=batch_s
     )
-    settings = Settings(model="fake", max_wait_ms=1, encoder_workers=1)  # otherwise the defaults: 256 per batch
+    # otherwise the defaults but GPU-sized batches: 256 texts per batch
+    settings = Settings(model="fake", max_wait_ms=1, encoder_workers=1, max_batch_tokens=16384)
     texts = [f"document {i} about the weather in city number {i % 97}" for i in range(1024)]
 
     async def scenario(base, batcher):

@@ -65,8 +65,11 @@ NASTY = [
     '{"a": "\\ud800"}', "[" * 2000 + "]" * 2000, "[" * 300 + "1" + "]" * 300, '["\\ud800"]', "[101, 102]",
 ]
 KEYS = ["input", "inputs", "texts", "query", "documents", "model", "dimensions", "encoding_format", "input_type",
-        "long_input", "truncate", "\\ud800", "\\udfff\\u0000"]
-PATHS = ["/v1/embeddings", "/tokenize", "/embed", "/v2/embed", "/rerank", "/v1/rerank", "/embeddings"]
+        "long_input", "truncate", "top_n", "ids", "text_1", "text_2", "output_dimension", "\\ud800",
+        "\\udfff\\u0000"]
+# every route with a body: OpenAI's (and Infinity's), TEI's, Cohere's and the three rerank shapes
+PATHS = ["/v1/embeddings", "/embeddings", "/tokenize", "/embed", "/", "/embed_all", "/similarity", "/decode",
+         "/v2/embed", "/rerank", "/v1/rerank", "/v2/rerank", "/v1/score"]
 
 
 def json_values():

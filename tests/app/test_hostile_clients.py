@@ -4,6 +4,7 @@ flood past the cap, and clients that disconnect mid-request."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -20,6 +21,7 @@ from tests.conftest import NOMIC
 
 HEAD_TIMEOUT_S, BODY_TIMEOUT_S, KEEP_ALIVE_S = 1.0, 2.0, 3
 MIB = 1024 * 1024
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +212,18 @@ def test_stalled_uploads_hold_at_most_the_upload_budget():
     assert counts.get("429", 0) >= 5 and counts.get("429", 0) + counts.get("408", 0) == 10, counts
     # before the budget each stalled upload held ~19 MB, for as long as its client liked
     assert peak - rss_before < 160, (rss_before, peak)
+
+
+def test_a_body_refused_before_it_is_read_still_reaches_a_client_that_keeps_writing(guarded):
+    """A 17 MiB body is refused by its Content-Length (413) before it is read. httpx's async client keeps writing its
+    body before it reads: with the connection closed at once, the unread bytes made the kernel reset it and the client
+    saw a ReadError (6 tries of 6), not the answer. The server now lingers (reads and drops) until the client is
+    done."""
+    raw = b'{"input": "' + b"a" * (17 * MIB) + b'"}'
+
+    async def post_twice():
+        async with httpx.AsyncClient(timeout=30) as client:
+            return [await client.post(f"{guarded.base}/v1/embeddings", content=raw, headers=JSON) for _ in range(2)]
+
+    for r in asyncio.run(post_twice()):
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"

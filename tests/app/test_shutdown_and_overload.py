@@ -222,9 +222,14 @@ def test_overload_gives_429s_not_failures(minilm):
     for texts, r, _ in ok:
         got = [d["embedding"] for d in r.json()["data"]]
         np.testing.assert_allclose(got, [reference[t] for t in texts], atol=1e-5)
-    # The stated bound: the queue limit (2,000 tokens) plus two 1,024-token batches in flight is ~1.5 s of work at
-    # the measured capacity; the load generator shares the 2 cores, so allow 5 s. Measured here: 2.2-2.7 s.
-    assert p99 < 5.0
+    # The stated bound: an admitted request waits for at most the queue limit (2,000 tokens) plus two 1,024-token
+    # batches in flight, ~1.5 s of work at the capacity measured on a quiet box (p99 there 2.2-2.7 s). The load
+    # generator shares the 2 cores, and other work on the box slows both alike, so the bound is three times that work
+    # at the capacity measured in this run (5 s at least): a queue that were not bounded would wait out the whole
+    # 10 s of backlog offered at twice the capacity.
+    tokens_per_request = np.mean([sum(map(len, minilm.tokenize(request_inputs(k)))) for k in range(len(BODIES))])
+    bounded_work_s = (2000 + 2 * 1024) / tokens_per_request / capacity
+    assert p99 < max(5.0, 3 * bounded_work_s), report
     assert rss_after - rss_before < 200
 
 

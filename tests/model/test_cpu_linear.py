@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -104,6 +105,25 @@ def test_cpu_batch_larger_than_one_forward_gives_the_same_vectors(minilm, monkey
     np.testing.assert_allclose(minilm.pooled(batch[2:3]), whole[2:3], atol=1e-5)  # one input over the limit: whole
 
 
+def test_a_small_batch_runs_on_every_thread_it_is_given(minilm):
+    """A lone 16-token input computes on the threads the caller gives it (the server: all cores when the other worker
+    is idle), not on one: at 16 tokens a linear is still arithmetic-bound, and two cores do it ~1.6x faster."""
+    seen: list[int] = []
+    layer = minilm.model.layers[0]
+    hook = layer.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    try:
+        short = [[101, *range(2000, 2014), 102]]
+        out = {}
+        for threads in (2, 1):  # in a thread of its own, as a batcher worker runs it
+            worker = threading.Thread(target=lambda t=threads: out.setdefault(t, minilm.pooled(short, threads=t)))
+            worker.start()
+            worker.join()
+    finally:
+        hook.remove()
+    assert seen == [2, 1]
+    np.testing.assert_allclose(out[2], out[1], atol=1e-5)
+
+
 # A fresh interpreter: oneDNN sizes its caches when the process creates its first primitive.
 DISTINCT_ROW_COUNTS = """
 import random, torch
@@ -138,3 +158,22 @@ def test_memory_stays_bounded_over_many_distinct_batch_sizes():
                           timeout=120, check=True)
     growth_mb = float(done.stdout.strip().splitlines()[-1])
     assert growth_mb < 100, f"RSS grew {growth_mb:.0f} MB over 300 distinct row counts"
+
+
+WAIT_POLICY = """
+import os, sys
+import app.main  # what `python -m app` imports before the encoder loads torch
+import torch
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+@pytest.mark.parametrize("env, expected", [({}, "None 1000"), ({"OMP_WAIT_POLICY": "passive"}, "passive None")])
+def test_idle_openmp_threads_spin_briefly_unless_the_operator_says_otherwise(env, expected):
+    """The server bounds OpenMP's idle spin before torch loads libgomp (model/__init__.py): its default spin after each
+    parallel region burnt ~200 ms of a core per 16-token forward here, the core the event loop and clients need."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", WAIT_POLICY], cwd=ROOT, env={**clean, **env}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == expected
