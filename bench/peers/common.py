@@ -29,6 +29,18 @@ def timed(fn: Callable[[], object], warmup: int, reps: int, max_s: float, min_re
     return times
 
 
+def time_batches(embed: Callable[[list[list[int]]], object], batches: list[list[list[int]]], warmup: int, reps: int,
+                 max_s: float) -> dict:
+    """The `time_ids` answer every runner gives: `embed` called once per batch, all batches per timed call."""
+
+    def run() -> None:
+        for batch in batches:
+            embed(batch)
+
+    times = timed(run, warmup, reps, max_s)
+    return {"times": times, "tokens": sum(len(s) for b in batches for s in b), "n": sum(len(b) for b in batches)}
+
+
 def serve(handlers: dict[str, Callable[..., dict]]) -> None:
     """Answer jobs until stdin closes or a {"op": "quit"} arrives."""
     out = os.fdopen(os.dup(1), "w", buffering=1)

@@ -57,12 +57,7 @@ def embed_ids(batch: list[list[int]]) -> dict:
 
 
 def time_ids(batches: list[list[list[int]]], warmup: int, reps: int, max_s: float) -> dict:
-    def run() -> None:
-        for batch in batches:
-            _embed(batch)
-
-    times = common.timed(run, warmup, reps, max_s)
-    return {"times": times, "tokens": sum(len(s) for b in batches for s in b), "n": sum(len(b) for b in batches)}
+    return common.time_batches(_embed, batches, warmup, reps, max_s)
 
 
 @torch.inference_mode()

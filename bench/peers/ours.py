@@ -71,13 +71,7 @@ def time_texts(texts: list[str], batch_size: int, warmup: int, reps: int, max_s:
 def time_ids(batches: list[list[list[int]]], warmup: int, reps: int, max_s: float) -> dict:
     """Token ids in, one forward per given batch (no re-batching), normalised vectors out."""
     enc = _enc()
-
-    def run() -> None:
-        for batch in batches:
-            enc.embed(batch, max_batch_tokens=HUGE)
-
-    times = common.timed(run, warmup, reps, max_s)
-    return {"times": times, "tokens": sum(len(s) for b in batches for s in b), "n": sum(len(b) for b in batches)}
+    return common.time_batches(lambda batch: enc.embed(batch, max_batch_tokens=HUGE), batches, warmup, reps, max_s)
 
 
 def _ranked_chunks(documents: list[str], batch_size: int) -> list[list[str]]:
