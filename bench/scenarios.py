@@ -580,8 +580,10 @@ def _behind_bulk(ctx: Context, srv: servers.Server, bulk: list[str], queries: li
                 start = time.perf_counter()
                 sent = pool.apply_async(loadgen.post_together, (srv.embed_url, bulk_body, BULK_REQUESTS))
                 time.sleep(0.5)  # the bulk bodies are in (they take milliseconds to send)
-                while not sent.ready():
+                while True:  # at least one query a round, even when the bulk is done first (tiny smoke models)
                     latencies.append(post([queries[len(latencies) % len(queries)]]))
+                    if sent.ready():
+                        break
                 statuses = sent.get()
                 bulk_s.append(time.perf_counter() - start)
                 if any(s != 200 for s in statuses):
