@@ -9,12 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-
-# isort: off
-from model import cpu_linear  # before torch: model/__init__.py sets OpenMP's idle spin, read when torch loads
 import torch
-# isort: on
 
+from model import cpu_linear
 from model.encoder import Encoder
 
 HUGE = 1 << 40  # a max_batch_tokens that never splits: the bench decides the batches

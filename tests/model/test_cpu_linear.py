@@ -158,22 +158,3 @@ def test_memory_stays_bounded_over_many_distinct_batch_sizes():
                           timeout=120, check=True)
     growth_mb = float(done.stdout.strip().splitlines()[-1])
     assert growth_mb < 100, f"RSS grew {growth_mb:.0f} MB over 300 distinct row counts"
-
-
-WAIT_POLICY = """
-import os, sys
-import app.main  # what `python -m app` imports before the encoder loads torch
-import torch
-print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"))
-"""
-
-
-@pytest.mark.parametrize("env, expected", [({}, "None 1000"), ({"OMP_WAIT_POLICY": "passive"}, "passive None")])
-def test_idle_openmp_threads_spin_briefly_unless_the_operator_says_otherwise(env, expected):
-    """The server bounds OpenMP's idle spin before torch loads libgomp (model/__init__.py): its default spin after each
-    parallel region burnt ~200 ms of a core per 16-token forward here, the core the event loop and clients need."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    done = subprocess.run([sys.executable, "-c", WAIT_POLICY], cwd=ROOT, env={**clean, **env}, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[-2] == expected
