@@ -343,7 +343,7 @@ class EmbeddingService(ModelService):
             keys = [(self.name, task, text, *variant) for text in texts]
         else:
             assert id_lists is not None
-            self.check_total(sum(min(len(x), limit) if mode == "truncate" else len(x) for x in id_lists))
+            self.check_total(ids_tokens(id_lists, mode, limit))
             for i, ids in enumerate(id_lists):
                 try:
                     inputs.check_ids(ids, self.info.vocab_size)
@@ -368,7 +368,7 @@ class EmbeddingService(ModelService):
         else:
             assert id_lists is not None
             plan.ids = [id_lists[i] for i in plan.todo]
-            plan.estimate = sum(min(len(x), limit) if mode == "truncate" else len(x) for x in plan.ids)
+            plan.estimate = ids_tokens(plan.ids, mode, limit)
         return plan
 
     async def windows(self, plan: Plan) -> None:
@@ -446,6 +446,11 @@ def tokens_in_body(content_length: str | None) -> int:
     """Admission's guess at a request's tokens from its body's size, before reading it: ADMISSION_CHARS_PER_TOKEN
     bytes a token (token ids take 5-6 bytes each with the comma: a long guess); 0 when the size is unknown."""
     return int(content_length) // ADMISSION_CHARS_PER_TOKEN if content_length and content_length.isdigit() else 0
+
+
+def ids_tokens(id_lists: Sequence[Sequence[int]], mode: str, limit: int) -> int:
+    """The tokens token-id inputs will take: each cut at the model's limit under 'truncate', whole otherwise."""
+    return sum(min(len(x), limit) if mode == "truncate" else len(x) for x in id_lists)
 
 
 def rejected(exc: inputs.Rejected, index: int | None = None, hint: str = "", noun: str = "Input") -> APIError:
