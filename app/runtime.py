@@ -20,6 +20,7 @@ from fastapi import Request
 from app.batcher import Batcher, BatchStats, ComputeSlots
 from app.cache import EmbeddingCache
 from app.errors import APIError
+from app.heap import HeapTrimmer
 from app.metrics import NO_MODEL, Metrics
 from app.middleware import Uploads
 from app.rerank import RerankService
@@ -102,6 +103,7 @@ class Runtime:
         self.unanswered: set[asyncio.Task] = set()  # requests in flight that have no response started yet
         self.drain_deadline = float("inf")
         self._hurried = asyncio.Event()
+        self.heap_trimmer = HeapTrimmer(settings.heap_trim_interval_s)
 
     # ---- the models -------------------------------------------------------------------------------------------
     @property
@@ -223,6 +225,7 @@ class Runtime:
         self.slots = ComputeSlots(self.encoder_workers)
         for served in self.models.values():
             await self._start_model(served, self.slots)
+        self.heap_trimmer.start()
 
     async def _start_model(self, served: ServedModel, slots: ComputeSlots) -> None:
         s, encoder, name, workers = self.settings, served.encoder, served.name, slots.size
@@ -315,6 +318,7 @@ class Runtime:
                 task.cancel()  # the middleware answers each a 503
         # nothing is left for the batchers: their workers stop
         await asyncio.gather(*(m.batcher.drain(0) for m in self.models.values() if m.batcher is not None))
+        self.heap_trimmer.stop()
         with contextlib.suppress(TimeoutError):  # those 503s being written
             await asyncio.wait_for(self.idle.wait(), ANSWER_WRITE_S)
 

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         "orchestrator's grace period."
     )
 
+    heap_trim_interval_s: float = Field(
+        10.0, ge=0, description="Every this many seconds, freed heap memory goes back to the OS (glibc's "
+        "malloc_trim), so RSS follows live memory instead of creeping with each new allocation pattern; 0 turns it "
+        "off."
+    )
+
     # cache
     cache_bytes: int = Field(0, ge=0, description="Embedding LRU cache size in bytes; 0 turns it off.")
 
