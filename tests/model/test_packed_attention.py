@@ -32,8 +32,10 @@ def test_grid_per_sequence_and_alone_agree(lengths, monkeypatch):
         start += n
 
 
-def test_per_sequence_only_where_the_grid_is_mostly_padding():
+def test_per_sequence_where_it_beats_the_grid():
     assert per_sequence_pays(pack([[1] * n for n in [300, 300] + [20] * 14]))
     assert per_sequence_pays(pack([[1] * n for n in [11, 174, 90, 40]]))
     assert not per_sequence_pays(pack([[1] * n for n in [180, 171, 189]]))  # nearly uniform: one grid call
+    assert per_sequence_pays(pack([[1] * n for n in [180, 171, 189]]), cpu=True)  # on CPU the grid's copies cost more
+    assert not per_sequence_pays(pack([[1] * n for n in [16, 14, 18] * 20]), cpu=True)  # short: the calls cost more
     assert not per_sequence_pays(pack([[1] * n for n in [10, 20] * 32]))  # short: per-call overhead would dominate
