@@ -41,8 +41,6 @@ class HeapTrimmer:
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self.trims = 0
-        self.last_trim_s = 0.0  # how long the latest trim took
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,6 +64,4 @@ class HeapTrimmer:
         while not self._stop.wait(self.interval_s):
             start = time.perf_counter()
             MALLOC_TRIM(0)
-            self.last_trim_s = time.perf_counter() - start
-            self.trims += 1
-            log.debug("malloc_trim took %.1f ms", self.last_trim_s * 1000)
+            log.debug("malloc_trim took %.1f ms", (time.perf_counter() - start) * 1000)
