@@ -14,7 +14,11 @@ from model.packing import PackedBatch
 
 
 class Float32Head(nn.Module):
-    """A head the encoder keeps in float32 (`Encoder` casts these back after moving the model to its dtype)."""
+    """A head the encoder keeps in float32 (`Encoder` casts these back after moving the model to its dtype).
+    `first_tokens_only`: it reads each sequence's first token and nothing else, so its encoder (which must then take
+    `first_tokens=True`) may hand it just those states, (B, E), instead of all of them, (T, E)."""
+
+    first_tokens_only = False
 
 
 class SequenceScorer(nn.Module):
@@ -29,4 +33,6 @@ class SequenceScorer(nn.Module):
         return self.encoder.flops_per_token(seq_len)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
+        if self.head.first_tokens_only:
+            return self.head(self.encoder(batch, first_tokens=True), batch)
         return self.head(self.encoder(batch), batch)

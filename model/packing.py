@@ -216,6 +216,25 @@ def packed_attention(
     return out.transpose(1, 2).reshape(B * S, H, D)[slot]  # (T, H, D)
 
 
+def first_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Attention for each sequence's first token only, over all of its sequence's keys: q (B, H, D) (the first tokens'
+    queries), k, v (T, H, D) -> (B, H, D). What a head that reads only the first token needs of the last layer."""
+    B, S = batch.batch_size, batch.max_len
+    T, H, D = k.shape
+    if batch.uniform:
+        grid = [t.view(B, S, H, D).transpose(1, 2) for t in (k, v)]  # (B, H, S, D)
+        mask = None
+    else:
+        slot = batch.seq_index * S + batch.positions
+        grid = []
+        for t in (k, v):
+            padded = t.new_zeros(B * S, H, D)
+            padded[slot] = t
+            grid.append(padded.view(B, S, H, D).transpose(1, 2))
+        mask = (torch.arange(S, device=k.device)[None, :] < batch.lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+    return F.scaled_dot_product_attention(q[:, :, None], *grid, attn_mask=mask)[:, :, 0]  # (B, H, D)
+
+
 def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """Mean over each sequence's tokens ([CLS]/[SEP] included), in float32. (T, E) -> (B, E)."""
     sums = hidden.new_zeros(batch.batch_size, hidden.shape[-1], dtype=torch.float32)

@@ -205,3 +205,28 @@ def test_a_tokenizer_without_a_pair_template_is_a_load_error(tmp_path):
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(ModelError, match="no pair template"):
         load(folder)
+
+
+@pytest.mark.parametrize("folder", FOLDERS[:2])  # the families whose head reads the first token only: BERT, XLM-R
+@pytest.mark.parametrize("documents", [
+    ["a short one", "a somewhat longer document about the city and its river", "word " * 60],  # the padded grid
+    ["same length here"] * 3,  # equal lengths: the plain reshape
+])
+def test_the_last_layer_on_first_tokens_only_equals_the_whole_layer(folder, documents):
+    """The scorer runs the last layer's out-projection and MLP on each pair's first token alone; the head's input
+    and the logits are those of the whole last layer."""
+    import torch
+
+    from model.packing import cls_pool
+
+    enc = load(folder)
+    pairs = enc.tokenize_pairs("what is it", documents, truncate=True)
+    types = [p.token_types for p in pairs] if folder.startswith("bert") else None
+    batch = enc.prepare([p.ids for p in pairs], types)
+    scorer = enc.model
+    assert scorer.head.first_tokens_only
+    with torch.inference_mode():
+        whole = cls_pool(scorer.encoder(batch), batch)
+        first = scorer.encoder(batch, first_tokens=True).float()
+        torch.testing.assert_close(first, whole, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(scorer(batch), scorer.head(whole, batch), atol=1e-5, rtol=1e-5)
