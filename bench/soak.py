@@ -51,6 +51,16 @@ def slope_per_1000(requests: list[int], rss: list[float]) -> float | None:
     return float(np.polyfit(np.asarray(requests, float) / 1000, np.asarray(rss, float), 1)[0])
 
 
+def slope_stderr(requests: list[int], rss: list[float]) -> float | None:
+    """The least-squares slope's standard error (MB per 1,000 requests): with the heap trimmer each sample lands
+    anywhere between two trims, so a slope means little without it."""
+    if len(requests) < 4 or requests[-1] == requests[0]:
+        return None
+    x, y = np.asarray(requests, float) / 1000, np.asarray(rss, float)
+    residuals = y - np.polyval(np.polyfit(x, y, 1), x)
+    return float(np.sqrt(residuals @ residuals / (len(x) - 2) / ((x - x.mean()) @ (x - x.mean()))))
+
+
 class Traffic:
     """One request at a time from a seeded mix; `kind` names it in the tallies."""
 
@@ -226,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         "rss_peak_mb": max(s["rss_mb"] for s in samples),
         "rss_warm_start_mb": warm[0]["rss_mb"] if warm else None,
         "slope_mb_per_1000_requests": None if slope is None else round(slope, 4),
+        "slope_stderr_mb_per_1000_requests": (
+            None if (se := slope_stderr([s["requests"] for s in warm], [s["rss_mb"] for s in warm])) is None
+            else round(se, 4)
+        ),
         "slope_mb_per_hour": None if per_hour is None else round(per_hour, 2),
         "exit_code": exit_code, "shutdown_s": round(shutdown_s, 2), "samples": samples,
     }

@@ -27,3 +27,5 @@ def test_soak_smoke(tmp_path):
 def test_slope_is_least_squares_per_1000_requests():
     assert abs(soak.slope_per_1000([0, 1000, 2000, 3000], [100.0, 101.0, 102.0, 103.0]) - 1.0) < 1e-9
     assert soak.slope_per_1000([0, 0], [1.0, 2.0]) is None
+    assert soak.slope_stderr([0, 1000, 2000, 3000], [100.0, 101.0, 102.0, 103.0]) < 1e-9  # on the line: no error
+    assert abs(soak.slope_stderr([0, 1000, 2000, 3000], [0.0, 2.0, 0.0, 2.0]) - 0.5657) < 1e-4  # sqrt((3.2 / 2) / 5)
