@@ -203,13 +203,8 @@ def packed_attention(
             outs.append(F.scaled_dot_product_attention(*heads, attn_mask=mask)[0].transpose(0, 1))  # (n, H, D)
             start += n
         return torch.cat(outs)  # one copy for the whole batch
-    slot = batch.seq_index * S + batch.positions  # (T,) flat index into the (B*S) grid
-    grid = []
-    for t in (q, k, v):
-        padded = t.new_zeros(B * S, H, D)
-        padded[slot] = t
-        grid.append(padded.view(B, S, H, D).transpose(1, 2))  # (B, H, S, D)
-    keys = (torch.arange(S, device=q.device)[None, :] < batch.lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+    grid, slot = _padded_grid((q, k, v), batch)
+    keys = _key_mask(batch)
     # with a window (B, 1, S, S): a padding query's row may be all -inf; its NaN output is never gathered back
     mask = keys if band is None else band.masked_fill(~keys, float("-inf"))
     out = F.scaled_dot_product_attention(*grid, attn_mask=mask)  # (B, H, S, D)
@@ -219,20 +214,33 @@ def packed_attention(
 def first_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """Attention for each sequence's first token only, over all of its sequence's keys: q (B, H, D) (the first tokens'
     queries), k, v (T, H, D) -> (B, H, D). What a head that reads only the first token needs of the last layer."""
-    B, S = batch.batch_size, batch.max_len
-    T, H, D = k.shape
-    if batch.uniform:
-        grid = [t.view(B, S, H, D).transpose(1, 2) for t in (k, v)]  # (B, H, S, D)
-        mask = None
+    if batch.uniform:  # equal lengths: the packed tokens already form the (B, S) grid
+        B, S = batch.batch_size, batch.max_len
+        grid, mask = [t.view(B, S, *t.shape[1:]).transpose(1, 2) for t in (k, v)], None
     else:
-        slot = batch.seq_index * S + batch.positions
-        grid = []
-        for t in (k, v):
-            padded = t.new_zeros(B * S, H, D)
-            padded[slot] = t
-            grid.append(padded.view(B, S, H, D).transpose(1, 2))
-        mask = (torch.arange(S, device=k.device)[None, :] < batch.lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        (grid, _), mask = _padded_grid((k, v), batch), _key_mask(batch)
     return F.scaled_dot_product_attention(q[:, :, None], *grid, attn_mask=mask)[:, :, 0]  # (B, H, D)
+
+
+def _padded_grid(
+    tensors: Sequence[torch.Tensor], batch: PackedBatch
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Packed (T, H, D) tensors scattered into zero-padded (B, H, S, D) grids, and each token's flat slot in the
+    (B*S) grid (to gather the real tokens back)."""
+    B, S = batch.batch_size, batch.max_len
+    slot = batch.seq_index * S + batch.positions  # (T,)
+    grid = []
+    for t in tensors:
+        padded = t.new_zeros(B * S, *t.shape[1:])
+        padded[slot] = t
+        grid.append(padded.view(B, S, *t.shape[1:]).transpose(1, 2))  # (B, H, S, D)
+    return grid, slot
+
+
+def _key_mask(batch: PackedBatch) -> torch.Tensor:
+    """(B, 1, 1, S) bool: True where a grid column is a real key of that row's sequence."""
+    S = batch.max_len
+    return (torch.arange(S, device=batch.lengths.device)[None, :] < batch.lengths[:, None])[:, None, None, :]
 
 
 def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
