@@ -24,9 +24,11 @@ class RerankResult:
 
 
 class RerankService(ModelService):
-    def truncate_default(self, truncate: bool | None) -> bool:
+    def truncate_default(self, truncate: bool | None, max_tokens: int | None = None) -> bool:
         """A request's `truncate`, else the server's (--auto-truncate, or --long-input truncate or chunk: pairs are
-        cut, never chunked)."""
+        cut, never chunked); vLLM's truncate_prompt_tokens (`max_tokens`) always cuts."""
+        if max_tokens is not None:
+            return True
         return truncate if truncate is not None else self.settings.long_input_default != "error"
 
     def check_query(self, query: str, param: str = "query", mode: str = "chunk", left: bool = False) -> str:
@@ -114,7 +116,7 @@ class RerankService(ModelService):
         (vLLM's truncate_prompt_tokens, which implies truncation) are checked against the model's limit first."""
         self.check_tokens(doc_tokens, "max_tokens_per_doc")
         self.check_tokens(max_tokens, "truncate_prompt_tokens")
-        cut = True if max_tokens is not None else self.truncate_default(truncate)
+        cut = self.truncate_default(truncate, max_tokens)
         pairs = await self.pairs(query, documents, cut, param, left=left, max_tokens=max_tokens, doc_tokens=doc_tokens)
         return await self.score(pairs, raw, priority)
 
@@ -136,7 +138,7 @@ class RerankService(ModelService):
                 code="invalid_value",
             )
         self.check_tokens(max_tokens, "truncate_prompt_tokens")
-        cut = True if max_tokens is not None else self.truncate_default(truncate)
+        cut = self.truncate_default(truncate, max_tokens)
         if len(queries) == 1:
             pairs = await self.pairs(queries[0], documents, cut, "text_2", max_tokens=max_tokens)
         else:
