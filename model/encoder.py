@@ -371,7 +371,7 @@ class Encoder:
             raise PairTooLong(over[0], len(pairs[over[0]]), limit)
         if over:
             left = truncation_direction == "left"
-            specials = len(self.tokenizer.pairs("", [""])[0])
+            specials = self.tokenizer.pair_specials
             if limit < specials:  # `tokenizers` would leave the pair whole
                 raise InputError(f"a pair cannot be cut to {limit} tokens: the pair template alone takes {specials}")
             cut = self.tokenizer.pairs(query, [documents[i] for i in over], limit, left, doc_tokens)

@@ -16,6 +16,7 @@ post-processor, which gives the pair's ids exactly (each text of a pair is pre-t
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -164,6 +165,11 @@ class Tokenizer:
     def has_pair_template(self) -> bool:
         """A pair comes out with special tokens (separators): the post-processor knows pairs."""
         return any(self._tok.encode("query", "document").special_tokens_mask)
+
+    @functools.cached_property
+    def pair_specials(self) -> int:
+        """How many tokens the pair template adds (an empty pair's length): no truncation can go below it."""
+        return len(self._tok.encode("", ""))
 
     def pairs(
         self,
