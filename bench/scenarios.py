@@ -293,10 +293,18 @@ ORT_CASES = (("1 x 16 tok", (16,)), ("8 x 16 tok", (16,) * 8), ("32 x 180 tok", 
 SMALL_CASE_TOKENS = 256  # up to this many tokens a case is a latency row (ms per batch), above it a tokens/s row
 
 
+# ONNX Runtime's pool spins ~50 ms of a core after every call (measured: 48-53 ms of CPU in the gap after a 1 x 16
+# run) and libgomp's threads spin after ours: a side whose turn begins inside the other's spin shares the cores with it
+# (ours 1 x 16 measured 11.3 ms right after ORT's turn, 4.7 ms alone). Each turn therefore starts after a pause longer
+# than either spin and one untimed call (the side's own threads awake again), then times its calls back to back.
+SETTLE_S = 0.1
+
+
 def interleaved(ctx: Context, runners: dict[str, Runner], op: str, job: dict, warmup: int, reps: int,
-                max_s: float) -> dict[str, list[float]]:
-    """`paired` for any number of sides: every side warms up, then one timed call each in turn, `reps` turns or until
-    `max_s` has passed after two. Returns each side's call times (sides that fail drop out, with a note)."""
+                max_s: float, per_turn: int = 1) -> dict[str, list[float]]:
+    """`paired` for any number of sides: every side warms up, then turns of `per_turn` timed calls each (after a
+    `SETTLE_S` pause and one untimed call), `reps` turns or until `max_s` has passed after two. Returns each side's
+    call times (sides that fail drop out, with a note)."""
     live = dict(runners)
     for name, runner in list(live.items()):
         if warmup and _try(ctx, runner, op, **job, warmup=warmup, reps=0, max_s=0) is None:
@@ -307,7 +315,8 @@ def interleaved(ctx: Context, runners: dict[str, Runner], op: str, job: dict, wa
         if turn >= 2 and time.monotonic() - start > max_s:
             break
         for name, runner in list(live.items()):
-            answer = _try(ctx, runner, op, **job, warmup=0, reps=1, max_s=0)
+            time.sleep(SETTLE_S)
+            answer = _try(ctx, runner, op, **job, warmup=1, reps=per_turn, max_s=60)
             if answer is None:
                 del live[name]
                 continue
@@ -340,8 +349,8 @@ def ort(ctx: Context) -> None:
         for i, (label, lengths) in enumerate(ORT_CASES):
             batch = inputs.id_batch(list(lengths), seed=200 + i)
             small = sum(lengths) <= SMALL_CASE_TOKENS
-            reps = p.reps * (4 if small else 1)  # a small call is cheap and noisy: more turns
-            times = interleaved(ctx, runners, "time_ids", {"batches": [batch]}, p.warmup, reps, p.max_s)
+            per_turn = 4 if small else 1  # a small call is cheap and noisy: more calls per turn
+            times = interleaved(ctx, runners, "time_ids", {"batches": [batch]}, p.warmup, p.reps, p.max_s, per_turn)
             tokens = sum(lengths)
             peer_t = best(times["ORT fp32"]) if "ORT fp32" in times else None
             if lengths == (16,):

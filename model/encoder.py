@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import cpu_linear, pooling, weights
+from model import cpu_lanes, cpu_linear, pooling, weights
 from model.activations import torch_activation
 from model.architectures import EMBEDDING, RERANKER, build_model
 from model.config import DenseSpec, ModelSpec, NormalizeSpec, PoolingSpec, read_spec
@@ -203,12 +203,16 @@ class Encoder:
     ) -> Encoder:
         folder = resolve_model_dir(model, revision)
         spec = read_spec(folder, max_input_tokens)
-        net = build_model(spec.architecture, spec.arch, read_state_dict(folder), folder.name)
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
-        encoder = cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile, threads)
-        if torch_device.type == "cpu":
-            torch.set_num_threads(encoder.threads)
+
+        def build() -> Encoder:
+            net = build_model(spec.architecture, spec.arch, read_state_dict(folder), folder.name)
+            return cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile, threads)
+
+        # on CPU the load's own parallel work (weight copies, oneDNN packing and its timing) runs on the lane the
+        # forwards will use: a pool left on the loading thread would slow every forward (model/cpu_lanes.py)
+        encoder = cpu_lanes.run(threads or default_threads(), build) if torch_device.type == "cpu" else build()
         log.info(
             "loaded %s (%s %s, %d dims, max %d tokens from %s) on %s: %s%s",
             model, spec.architecture.name, spec.kind, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
@@ -257,31 +261,25 @@ class Encoder:
         """Token-id lists -> (N, E) float32 pooled vectors (not normalised). On CPU the batch runs as consecutive
         forwards of at most CPU_FORWARD_TOKENS tokens each (the same vectors: pooling is per sequence), on `threads`
         intra-op threads (default: all of `self.threads`; callers running batches side by side give each a share)."""
-        threads = threads or self.threads
         if self.device.type != "cpu":
-            return self._pooled(batch, token_types, threads)
+            return self.run(self.prepare(batch, token_types))
 
-        def run(a: int, b: int) -> np.ndarray:
-            return self._pooled(batch[a:b], None if token_types is None else token_types[a:b], threads)
+        def forward(a: int, b: int) -> np.ndarray:
+            return self.run(self.prepare(batch[a:b], None if token_types is None else token_types[a:b]))
 
-        parts, start, tokens = [], 0, 0
-        for i, ids in enumerate(batch):
-            if tokens and tokens + len(ids) > CPU_FORWARD_TOKENS:
-                parts.append(run(start, i))
-                start, tokens = i, 0
-            tokens += len(ids)
-        parts.append(run(start, len(batch)))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        def forwards() -> np.ndarray:
+            parts, start, tokens = [], 0, 0
+            for i, ids in enumerate(batch):
+                if tokens and tokens + len(ids) > CPU_FORWARD_TOKENS:
+                    parts.append(forward(start, i))
+                    start, tokens = i, 0
+                tokens += len(ids)
+            parts.append(forward(start, len(batch)))
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _pooled(
-        self, batch: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None, threads: int
-    ) -> np.ndarray:
-        """One forward."""
-        # per call: OpenMP's thread count is per calling thread, and each batcher worker is its own thread. A small
-        # batch gets all of them too: at 16 tokens a linear is as much arithmetic per weight as the cores can do.
-        if self.device.type == "cpu" and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        return self.run(self.prepare(batch, token_types))
+        # a small batch gets every thread too: at 16 tokens a linear is as much arithmetic per weight as the cores
+        # can do; the OpenMP pool that runs it is the process's one for that thread count (model/cpu_lanes.py)
+        return cpu_lanes.run(threads or self.threads, forwards)
 
     @property
     def packs_ahead(self) -> bool:
@@ -317,11 +315,9 @@ class Encoder:
         if self.info.kind != EMBEDDING:
             raise ModelError(f"{self.info.name} is a {self.info.kind} ({self.info.architecture}): it scores pairs")
         if self.device.type == "cpu":
-            torch.set_num_threads(threads or self.threads)
-        packed = self.prepare(batch)
-        if self.device.type != "cpu":
-            packed = packed.to(self.device)
-        hidden = self._forward(packed).float().cpu().numpy()  # (T, E), the sequences one after another
+            hidden = cpu_lanes.run(threads or self.threads, lambda: self._forward(self.prepare(batch)).float().numpy())
+        else:
+            hidden = self._forward(self.prepare(batch).to(self.device)).float().cpu().numpy()  # (T, E) in order
         return np.split(hidden, np.cumsum([len(ids) for ids in batch])[:-1])
 
     def embed(
