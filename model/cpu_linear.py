@@ -92,10 +92,8 @@ def onednn_speedup(dtype: torch.dtype, features: tuple[int, int] = (768, 3072)) 
     (16, 768) and a (256, 768) input."""
     linear = nn.Linear(*features, dtype=dtype)
     packed = PackedLinear(linear)
-    ratios = []
-    for rows in PROBE_ROWS:
-        x = torch.randn(rows, features[0], dtype=dtype)
-        ratios.append(_best_time(lambda: linear(x)) / _best_time(lambda: packed(x)))
+    inputs = [torch.randn(rows, features[0], dtype=dtype) for rows in PROBE_ROWS]
+    ratios = [_best_time(functools.partial(linear, x)) / _best_time(functools.partial(packed, x)) for x in inputs]
     return sum(ratios) / len(ratios)
 
 
