@@ -40,11 +40,6 @@ GPU_BATCH_TOKENS, CPU_BATCH_TOKENS = 16384, 512
 DESCRIBED = {EMBEDDING: "an embedding model", RERANKER: "a reranker (cross-encoder)"}
 
 
-def kind_of(encoder: Any) -> str:
-    """The encoder's kind: "embedding" or "reranker" (cross-encoder)."""
-    return getattr(encoder.info, "kind", EMBEDDING)
-
-
 @dataclass
 class ServedModel:
     """One served model: what clients call it, where it came from, and its running parts once started."""
@@ -58,7 +53,8 @@ class ServedModel:
 
     @property
     def kind(self) -> str:
-        return kind_of(self.encoder)
+        """"embedding" or "reranker" (cross-encoder)."""
+        return getattr(self.encoder.info, "kind", EMBEDDING)
 
     def require(self, kind: str) -> ServedModel:
         """This model, if it is of `kind`; else a 400 naming what it is."""
