@@ -226,15 +226,11 @@ class EmbedBatch:
     def __init__(self, model: str, output: str, *, revision: str | None, device: str, dtype: str,
                  max_input_tokens: int | None, prefix: str, long_input: str, dimensions: int | None,
                  batch_tokens: int):
-        import torch
-
         from model.encoder import Encoder
 
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         self.encoder = Encoder.load(model, device=device, dtype=dtype, max_input_tokens=max_input_tokens,
-                                    revision=revision)
-        if self.encoder.device.type == "cpu":  # Encoder.load takes every core; an actor gets its share
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-            torch.set_num_threads(max(1, int(cpus)))
+                                    revision=revision, threads=max(1, int(cpus)))  # on CPU: the actor's share
         self.output, self.prefix, self.long_input = Path(output), prefix, long_input
         self.dimensions, self.batch_tokens = dimensions, batch_tokens
 
