@@ -22,6 +22,8 @@ from typing import TypeVar
 
 import torch
 
+from model.cpu_parallel import callers_modes
+
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -54,15 +56,9 @@ def run(threads: int, fn: Callable[[], T]) -> T:
             return fn()
         finally:
             torch.set_num_threads(own)  # the caller's count (and the process default it also sets) back
-    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-    def in_callers_mode() -> T:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return fn()
-
     lane = _lane(threads)
     try:
-        return lane.submit(in_callers_mode).result()
+        return lane.submit(callers_modes(fn)).result()
     finally:
         with _lock:
             _idle[threads].append(lane)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import torch
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 # each calling thread its own workers: encoder workers running side by side never queue on each other
 _local = threading.local()
 
@@ -48,11 +50,18 @@ def run_side_by_side(fn: Callable[[T], None], pieces: Sequence[T]) -> None:
     if len(pieces) == 1:
         fn(pieces[0])
         return
+    in_callers_modes = callers_modes(fn)
+    for f in [w.submit(in_callers_modes, p) for w, p in zip(_workers(len(pieces)), pieces)]:
+        f.result()
+
+
+def callers_modes(fn: Callable[P, R]) -> Callable[P, R]:
+    """fn, to be called on another thread in the calling thread's autograd and inference modes (both are per
+    thread)."""
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
-    def in_callers_mode(piece: T) -> None:  # autograd and inference modes are per thread: the caller's, here too
+    def in_callers_modes(*args: P.args, **kwargs: P.kwargs) -> R:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            fn(piece)
+            return fn(*args, **kwargs)
 
-    for f in [w.submit(in_callers_mode, p) for w, p in zip(_workers(len(pieces)), pieces)]:
-        f.result()
+    return in_callers_modes
