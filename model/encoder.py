@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from model import cpu_lanes, cpu_linear, pooling, weights
+from model.cold_start import ColdStart
 from model.activations import torch_activation
 from model.architectures import EMBEDDING, RERANKER, build_model
 from model.config import DenseSpec, ModelSpec, NormalizeSpec, PoolingSpec, read_spec
@@ -153,6 +154,7 @@ class Encoder:
     ):
         self.spec, self.tokenizer, self.device, self.dtype = spec, tokenizer, device, dtype
         self.threads = threads or default_threads()
+        self._cold_start = ColdStart()
         self.model = model.to(device=device, dtype=dtype)
         for module in self.model.modules():
             if isinstance(module, Float32Head):  # scores are computed in fp32 whatever the encoder's dtype
@@ -277,9 +279,11 @@ class Encoder:
             parts.append(forward(start, len(batch)))
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-        # a small batch gets every thread too: at 16 tokens a linear is as much arithmetic per weight as the cores
-        # can do; the OpenMP pool that runs it is the process's one for that thread count (model/cpu_lanes.py)
-        return cpu_lanes.run(threads or self.threads, forwards)
+        # a small batch gets every thread too (at 16 tokens a linear is as much arithmetic per weight as the cores can
+        # do), unless it finds the process idle and one thread measured faster then (model/cold_start.py); the OpenMP
+        # pool that runs it is the process's one for that thread count (model/cpu_lanes.py)
+        with self._cold_start.threads_for(threads or self.threads, sum(len(ids) for ids in batch)) as n:
+            return cpu_lanes.run(n, forwards)
 
     @property
     def packs_ahead(self) -> bool:
