@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from model import cpu_lanes, cpu_linear, pooling, weights
-from model.cold_start import ColdStart
 from model.activations import torch_activation
 from model.architectures import EMBEDDING, RERANKER, build_model
+from model.cold_start import ColdStart
 from model.config import DenseSpec, ModelSpec, NormalizeSpec, PoolingSpec, read_spec
 from model.errors import InputError, ModelError, PairTooLong
 from model.heads import Float32Head

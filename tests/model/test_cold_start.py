@@ -53,9 +53,9 @@ def test_warm_large_single_threaded_and_overlapping_forwards_keep_their_threads(
         run_cold(cold, 0.001, 0.010)  # one thread is the faster cold mode now
     assert run_cold(cold, 0.001, 0.010, tokens=cold_start.SMALL_TOKENS + 1) == 2  # a large batch spreads well
     assert run_cold(cold, 0.001, 0.010, threads=1) == 1
-    with cold.threads_for(2, 16) as outer:
-        with cold.threads_for(2, 16) as inner:  # another forward is running: the machine is not idle
-            pass
+    # the second starts while the first runs: the machine is not idle
+    with cold.threads_for(2, 16) as outer, cold.threads_for(2, 16) as inner:
+        pass
     assert outer == 1 and inner == 2
     monkeypatch.setattr(cold_start, "IDLE_AFTER_S", 60.0)
     assert run_cold(cold, 0.001, 0.010) == 2  # a forward ended moments ago: the helpers are still spinning
