@@ -8,7 +8,8 @@ ends and the next begins:
   `cu_seqlens` directly (the encoder decides at load and marks each batch `varlen`);
 - elsewhere (CPU, fp32, older GPUs), `scaled_dot_product_attention` runs on a padded (B, H, S, D) grid with a key
   mask (q/k/v scattered in and gathered back: exact, padding costs only inside attention), or, when lengths differ so
-  much that the grid would be mostly padding, once per sequence on its own tokens (no padding at all).
+  much that the grid would be mostly padding, once per sequence on its own tokens (no padding at all); on CPU in fp32
+  attention over at most `SHORT_KEYS` keys runs as plain matmuls instead (`attend`).
 
 A sliding window (`window=`: ModernBERT's local layers) is flash attention's `window_size` on the varlen path and a
 band mask on the others, so a query never sees a key outside its own sequence nor outside its window.
