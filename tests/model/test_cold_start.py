@@ -53,10 +53,10 @@ def test_warm_large_single_threaded_and_overlapping_forwards_keep_their_threads(
         run_cold(cold, 0.001, 0.010)  # one thread is the faster cold mode now
     assert run_cold(cold, 0.001, 0.010, tokens=cold_start.SMALL_TOKENS + 1) == 2  # a large batch spreads well
     assert run_cold(cold, 0.001, 0.010, threads=1) == 1
-    # the second starts while the first runs: the machine is not idle
-    with cold.threads_for(2, 16) as outer, cold.threads_for(2, 16) as inner:
+    # the second starts while the first runs: the machine is not idle, whichever model the first belongs to
+    with cold.threads_for(2, 16) as outer, cold.threads_for(2, 16) as inner, ColdStart().threads_for(2, 16) as other:
         pass
-    assert outer == 1 and inner == 2
+    assert outer == 1 and inner == 2 and other == 2
     monkeypatch.setattr(cold_start, "IDLE_AFTER_S", 60.0)
     assert run_cold(cold, 0.001, 0.010) == 2  # a forward ended moments ago: the helpers are still spinning
 
