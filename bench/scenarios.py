@@ -382,7 +382,8 @@ def ort(ctx: Context) -> None:
 def _idle_vs_ort(ctx: Context, ort_forward_s: float | None) -> None:
     """Our fp32 server, idle (single ~16-token requests 50 ms apart), against an ORT forward + the same HTTP path: ORT's
     best 1 x 16 forward plus what the same server takes to answer the same texts again from its cache (everything
-    but the model). The difference between the two is the model's share of the gap."""
+    but the model). The difference between the two is the model's share of the gap. Beside them, the same requests
+    against a no-op uvicorn app: the machine's HTTP floor (`bench/noop_app.py`)."""
     p = ctx.profile
     tok = ctx.minilm / "tokenizer.json"
     bodies = _bodies(None, inputs.texts_of_length(tok, 16, 256, seed=36))[: p.idle_requests]
@@ -396,13 +397,20 @@ def _idle_vs_ort(ctx: Context, ort_forward_s: float | None) -> None:
                 ctx.note(f"idle server vs ORT ({label}): {result.errors} failed requests; first: {result.first_error}")
             runs[label] = result.summary()
             log.info("idle server, %s: p50 %.2f ms", label, runs[label]["p50_ms"] or -1)
-    path_ms = runs["cache hits"]["p50_ms"]
+    with servers.noop(ctx.work) as floor:  # the same client and pacing against a server that does no work
+        result = loadgen.run_load_spread(floor.embed_url, bodies, 1, len(bodies), p.load_max_s * 2, pause_s=0.05)
+        runs["no-op"] = result.summary()
+        log.info("idle no-op uvicorn app: p50 %.2f ms", runs["no-op"]["p50_ms"] or -1)
+    path_ms, floor_ms = runs["cache hits"]["p50_ms"], runs["no-op"]["p50_ms"]
+    ctx.rows.append(make_row("ort", "HTTP floor: a no-op uvicorn app, single short request p50, the same client and "
+                             "pacing", "ms", floor_ms, None, None, better="lower", metric="http_floor",
+                             noop_run=runs["no-op"]))
     peer = 1e3 * ort_forward_s + path_ms if ort_forward_s and path_ms else None
     ctx.rows.append(make_row("ort", "server idle, single short request p50, ours fp32 vs ORT fp32 forward + the same "
                              "HTTP path", "ms", runs["computed"]["p50_ms"], "ORT fp32 1 x 16 forward + our cache-hit "
                              "p50", peer, better="lower", metric="idle_vs_ort", dtype="float32",
                              ort_forward_ms=ort_forward_s and 1e3 * ort_forward_s, http_path_p50_ms=path_ms,
-                             ours_run=runs["computed"], cache_hit_run=runs["cache hits"]))
+                             http_floor_p50_ms=floor_ms, ours_run=runs["computed"], cache_hit_run=runs["cache hits"]))
 
 
 # ---- full-size NomicBert: ours vs transformers' nomic_bert, ids in, MFU ---------------------------------------------

@@ -89,6 +89,13 @@ def ours(model: str, log_dir: Path, dtype: str = "float32", extra: list[str] | N
     return Server(name, cmd, "/ready", "/v1/embeddings", log_dir, env=env)
 
 
+def noop(log_dir: Path) -> Server:
+    """A no-op uvicorn app (`bench/noop_app.py`): the machine's HTTP floor for the same client and pacing."""
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench"), "noop_app:app", "--host", "127.0.0.1",
+           "--port", "{port}", "--log-level", "warning"]
+    return Server("noop", cmd, "/ready", "/v1/embeddings", log_dir)
+
+
 def infinity(executable: Path, model: str, log_dir: Path, dtype: str = "float32") -> Server:
     cmd = [str(executable), "v2", "--model-id", model, "--host", "127.0.0.1", "--port", "{port}",
            "--engine", "torch", "--device", "cpu", "--dtype", dtype, "--no-bettertransformer"]

@@ -21,7 +21,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     rc = main(["--profile", "smoke", "--no-peers", "--minilm", str(TINY), "--nomic", str(TINY), "--out", str(out),
                "--reranker", str(RERANKER), "--date", "2000-01-01", "--only", "inprocess", "rerank", "nomic",
-               "server", "priority"])
+               "server", "priority", "ort"])
     assert rc == 0
     return out
 
@@ -29,7 +29,7 @@ def run(tmp_path_factory):
 def test_json_rows_and_machine(run):
     result = json.loads((run / "2000-01-01-cpu.json").read_text())
     assert result["profile"] == "smoke"
-    assert {r["group"] for r in result["rows"]} == {"inprocess", "rerank", "nomic", "server", "priority"}
+    assert {r["group"] for r in result["rows"]} == {"inprocess", "rerank", "nomic", "server", "priority", "ort"}
     for row in result["rows"]:
         assert set(row) == ROW_KEYS, row["scenario"]
         assert isinstance(row["scenario"], str) and isinstance(row["unit"], str)
@@ -44,8 +44,11 @@ def test_json_rows_and_machine(run):
     assert idle["value"] is not None and idle["met"] in (True, False)  # ours alone is enough for this one
     scenarios_seen = " ".join(r["scenario"] for r in result["rows"])
     for needle in ("in-process", "tokens/s", "MFU", "matmul peak", "p50", "p99", "c=4", "idle", "rerank", "pairs/s",
-                   "query behind 3 bulk requests"):
+                   "query behind 3 bulk requests", "HTTP floor: a no-op uvicorn app"):
         assert needle in scenarios_seen, needle
+    idle_ort = next(r for r in result["rows"] if r["params"].get("metric") == "idle_vs_ort")
+    # the no-op app does no work, our cache hit skips only the model: the floor sits below both passes
+    assert 0 < idle_ort["params"]["http_floor_p50_ms"] <= idle_ort["ours"]
 
 
 def test_markdown_and_plots(run):
