@@ -34,16 +34,6 @@ class RerankService(ModelService):
     def check_query(self, query: str, param: str = "query", mode: str = "chunk", left: bool = False) -> str:
         return self.check_texts([query], param=param, noun="Query", mode=mode, left=left, hint=TRUNCATE_HINT)[0]
 
-    def check_tokens(self, value: int | None, param: str) -> None:
-        """A per-request token count (vLLM's truncate_prompt_tokens, Cohere's max_tokens_per_doc): 1 to the model's
-        input limit."""
-        limit = self.info.max_input_tokens
-        if value is not None and not 1 <= value <= limit:
-            raise APIError(
-                400, f"'{param}' is {value}: it must be between 1 and this model's maximum of {limit} tokens",
-                param=param, code="invalid_value",
-            )
-
     async def pairs(
         self,
         query: str,
@@ -113,9 +103,10 @@ class RerankService(ModelService):
         param: str = "documents",
     ) -> RerankResult:
         """Every document scored against the query. `doc_tokens` (Cohere's max_tokens_per_doc) and `max_tokens`
-        (vLLM's truncate_prompt_tokens, which implies truncation) are checked against the model's limit first."""
-        self.check_tokens(doc_tokens, "max_tokens_per_doc")
-        self.check_tokens(max_tokens, "truncate_prompt_tokens")
+        (vLLM's truncate_prompt_tokens, which implies truncation; -1 is the model's limit) are checked against the
+        model's limit first."""
+        doc_tokens = self.token_limit(doc_tokens, "max_tokens_per_doc")
+        max_tokens = self.token_limit(max_tokens, "truncate_prompt_tokens")
         cut = self.truncate_default(truncate, max_tokens)
         pairs = await self.pairs(query, documents, cut, param, left=left, max_tokens=max_tokens, doc_tokens=doc_tokens)
         return await self.score(pairs, raw, priority)
@@ -129,7 +120,7 @@ class RerankService(ModelService):
         max_tokens: int | None = None,
     ) -> RerankResult:
         """vLLM's /v1/score: one query against many documents, or queries and documents zipped (same length);
-        `max_tokens` is its truncate_prompt_tokens."""
+        `max_tokens` is its truncate_prompt_tokens (-1: the model's limit)."""
         if len(queries) not in (1, len(documents)):
             raise APIError(
                 400,
@@ -137,7 +128,7 @@ class RerankService(ModelService):
                 param="text_1",
                 code="invalid_value",
             )
-        self.check_tokens(max_tokens, "truncate_prompt_tokens")
+        max_tokens = self.token_limit(max_tokens, "truncate_prompt_tokens")
         cut = self.truncate_default(truncate, max_tokens)
         if len(queries) == 1:
             pairs = await self.pairs(queries[0], documents, cut, "text_2", max_tokens=max_tokens)

@@ -109,6 +109,10 @@ class EmbeddingRequest(BaseModel):
     truncation_direction: Literal["left", "right"] = Field(
         "right", description="Extension: when truncating, left drops the start of the text and keeps its end."
     )
+    truncate_prompt_tokens: StrictInt | None = Field(
+        None, ge=-1, description="vLLM's: each input's own limit, 1 to the model's (-1: the model's), applied under "
+        "long_input, which defaults to truncate when this is given."
+    )
 
     _input_shape = input_validator(INPUT_FORMS)
 

@@ -23,15 +23,17 @@ class RerankRequest(BaseModel):
     model: StrictStr | None = Field(None, description="The served reranker (GET /v1/models); default the first.")
     query: StrictStr
     documents: list[StrictStr | TextDocument] = Field(description="Strings, or objects with `text`.")
-    top_n: StrictInt | None = Field(None, ge=1, description="Return only the best `top_n` results.")
+    top_n: StrictInt | None = Field(
+        None, ge=0, description="Return only the best `top_n` results; 0 (vLLM's default) returns them all."
+    )
     return_documents: StrictBool = Field(True, description="Include each document's text in its result.")
     max_tokens_per_doc: StrictInt | None = Field(
         None, ge=1, description="Cut each document to this many of its tokens before pairing it with the query (1 to "
         "the model's input limit; the pair is then cut longest-first at the limit, unless truncate is false).",
     )
     truncate_prompt_tokens: StrictInt | None = Field(
-        None, ge=1, description="vLLM's: cut each pair longest-first to this many tokens (1 to the model's input "
-        "limit).",
+        None, ge=-1, description="vLLM's: cut each pair longest-first to this many tokens (1 to the model's input "
+        "limit, or -1 for that limit).",
     )
     truncate: StrictBool = Field(
         True, description="Extension: false turns truncation off, so pairs over the limit are a 400 naming the "
@@ -130,7 +132,10 @@ class EmbedRequest(BaseModel):
         "END", description="Over the limit: NONE refuses (400), START drops the start, END the end."
     )
     output_dimension: StrictInt | None = Field(None, ge=1, description="Matryoshka width.")
-    max_tokens: StrictInt | None = Field(None, ge=1, description="Accepted; inputs are cut at the model's limit.")
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, description="The most tokens of each text embedded (1 to the model's limit); a longer text is "
+        "cut or refused as `truncate` says."
+    )
     priority: StrictInt | None = Field(None, ge=0, description="0 is interactive, higher is bulk.")
     normalize: StrictBool = Field(True, description="Extension: false returns raw pooled vectors.")
 

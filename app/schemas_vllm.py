@@ -18,7 +18,8 @@ class ScoreRequest(BaseModel):
     text_1: Texts = Field(description="The query, or one query per text_2.")
     text_2: Texts = Field(description="The documents.")
     truncate_prompt_tokens: StrictInt | None = Field(
-        None, ge=1, description="Cut each pair longest-first to this many tokens (1 to the model's input limit)."
+        None, ge=-1, description="Cut each pair longest-first to this many tokens (1 to the model's input limit, or "
+        "-1 for that limit)."
     )
     truncate: StrictBool | None = Field(None, description="Extension: cut pairs over the limit; default the server's.")
 

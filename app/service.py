@@ -62,6 +62,7 @@ class Plan:
     prefix: str = ""
     mode: str = "error"
     left: bool = False  # truncation keeps the end of the text
+    limit: int | None = None  # the request's own token limit (truncate_prompt_tokens); None: the model's
     estimate: int = 0
 
 
@@ -93,6 +94,7 @@ class ModelService:
         mode: str = "chunk",
         left: bool = False,
         hint: str = LONG_HINT,
+        limit: int | None = None,
     ) -> list[str]:
         """Empty, NUL and lone-surrogate texts are refused; then the character caps, before any tokenising: each text
         against max_input_tokens x max_chars_per_token (refused under 'error', cut under 'truncate'; 'chunk' keeps
@@ -102,7 +104,7 @@ class ModelService:
         for i, text in enumerate(texts):
             try:
                 inputs.check_text(text)
-                out.append(inputs.cap_text(text, mode, self.info.max_input_tokens, per_token, left))
+                out.append(inputs.cap_text(text, mode, limit or self.info.max_input_tokens, per_token, left))
             except inputs.Rejected as exc:
                 exc.param = param
                 raise rejected(exc, i, hint if exc.code == "context_length_exceeded" else "", noun) from None
@@ -116,6 +118,19 @@ class ModelService:
                 code="max_tokens_per_request",
             )
         return out
+
+    def token_limit(self, value: int | None, param: str) -> int | None:
+        """A request's own token count (vLLM's truncate_prompt_tokens, Cohere's max_tokens and max_tokens_per_doc):
+        1 to the model's input limit, or vLLM's -1 for that limit."""
+        limit = self.info.max_input_tokens
+        if value == -1:
+            return limit
+        if value is not None and not 1 <= value <= limit:
+            raise APIError(
+                400, f"'{param}' is {value}: it must be between 1 and this model's maximum of {limit} tokens, or -1 "
+                "for that maximum", param=param, code="invalid_value",
+            )
+        return value
 
     def check_count(self, n: int, param: str = "input") -> None:
         if n > self.settings.max_inputs_per_request:
@@ -280,23 +295,25 @@ class EmbeddingService(ModelService):
             return None, [raw]
         return None, raw
 
-    def fit(self, ids: list[int], index: int, mode: str, from_text: bool, left: bool = False) -> list[list[int]]:
-        """Apply the long-input rule (model/inputs.py)."""
+    def fit(
+        self, ids: list[int], index: int, mode: str, from_text: bool, left: bool = False, limit: int | None = None
+    ) -> list[list[int]]:
+        """Apply the long-input rule (model/inputs.py) at the model's limit, or the request's own."""
         try:
-            return inputs.fit(self.encoder, ids, mode, from_text, left)
+            return inputs.fit(self.encoder, ids, mode, from_text, left, limit)
         except inputs.Rejected as exc:
             raise rejected(exc, index, LONG_HINT) from None
 
     # ---- tokenising, bounded ----------------------------------------------------------------------------------
     def _tokenize_and_fit(
-        self, texts: Sequence[str], prefix: str, mode: str | None, where: Sequence[int], left: bool
+        self, texts: Sequence[str], prefix: str, mode: str | None, where: Sequence[int], left: bool, limit: int | None
     ) -> list[list[list[int]]]:
         """Each text's windows (its whole ids when `mode` is None). Tokenises lazily (model/tokenizer.py: a bounded
         slice of text per call) and stops at the first text over the model's limit under 'error', or once the total
         passes max_tokens_per_request."""
         budget, total, out = self.settings.max_tokens_per_request, 0, []
         for k, ids in enumerate(self.encoder.iter_tokenize(texts, prefix, stop_after=budget)):
-            windows = [ids] if mode is None else self.fit(ids, where[k], mode, True, left)
+            windows = [ids] if mode is None else self.fit(ids, where[k], mode, True, left, limit)
             total += sum(map(len, windows))
             # a text past the budget on its own was cut short there: its count is a lower bound
             self.check_total(total, exact=k + 1 == len(texts) and len(ids) <= budget, seen=k + 1, n=len(texts))
@@ -304,16 +321,22 @@ class EmbeddingService(ModelService):
         return out
 
     async def tokenize(
-        self, texts: Sequence[str], prefix: str, mode: str | None = None, where: Sequence[int] = (), left: bool = False
+        self,
+        texts: Sequence[str],
+        prefix: str,
+        mode: str | None = None,
+        where: Sequence[int] = (),
+        left: bool = False,
+        limit: int | None = None,
     ) -> list[list[list[int]]]:
-        """Token ids of texts that passed `check_texts`, under the long-input rule `mode`: each text's windows, one
-        unless chunked (`where` numbers the texts in errors). Under the per-request token cap; off the event loop
-        unless the texts are short."""
+        """Token ids of texts that passed `check_texts`, under the long-input rule `mode` at the model's limit (or
+        the request's own `limit`): each text's windows, one unless chunked (`where` numbers the texts in errors).
+        Under the per-request token cap; off the event loop unless the texts are short."""
         if self.encoder.tokenizer is None:
             raise APIError(400, "This model has no tokenizer: send token ids", param="input", code="invalid_input")
         where = where or range(len(texts))
         return await self.off_loop_if_long(
-            sum(map(len, texts)), self._tokenize_and_fit, texts, prefix, mode, where, left
+            sum(map(len, texts)), self._tokenize_and_fit, texts, prefix, mode, where, left, limit
         )
 
     async def token_ids(self, texts: Sequence[str], input_type: str | None) -> list[list[int]]:
@@ -331,14 +354,16 @@ class EmbeddingService(ModelService):
         n = len(texts if texts is not None else id_lists or [])
         self.check_count(n)
         self.check_dimensions(req.dimensions)
-        mode = req.long_input or self.settings.long_input_default
+        # vLLM's truncate_prompt_tokens: the request's own limit, applied under long_input (default: truncate)
+        own = self.token_limit(req.truncate_prompt_tokens, "truncate_prompt_tokens")
+        mode = req.long_input or ("truncate" if own else self.settings.long_input_default)
         left = req.truncation_direction == "left"
-        limit = self.info.max_input_tokens
-        variant = (req.dimensions, mode, req.normalize, req.truncation_direction)  # all that changes a vector
-        plan = Plan([], mode=mode, left=left)
+        limit = own or self.info.max_input_tokens
+        variant = (req.dimensions, mode, req.normalize, req.truncation_direction, limit)  # all that changes a vector
+        plan = Plan([], mode=mode, left=left, limit=own)
         keys: list[tuple] = []
         if texts is not None:
-            texts = self.check_texts(texts, mode=mode, left=left)
+            texts = self.check_texts(texts, mode=mode, left=left, limit=own)
             task, plan.prefix = self.prefix_for(req.input_type)
             keys = [(self.name, task, text, *variant) for text in texts]
         else:
@@ -374,9 +399,14 @@ class EmbeddingService(ModelService):
     async def windows(self, plan: Plan) -> None:
         """Tokenise (or cut) the plan's inputs into their windows, filling `prepared`."""
         if plan.texts is not None:
-            fitted = await self.tokenize(plan.texts, plan.prefix, plan.mode, plan.todo, plan.left) if plan.texts else []
+            fitted = (
+                await self.tokenize(plan.texts, plan.prefix, plan.mode, plan.todo, plan.left, plan.limit)
+                if plan.texts else []
+            )
         else:
-            fitted = [self.fit(ids, i, plan.mode, False, plan.left) for i, ids in zip(plan.todo, plan.ids or [])]
+            fitted = [
+                self.fit(ids, i, plan.mode, False, plan.left, plan.limit) for i, ids in zip(plan.todo, plan.ids or [])
+            ]
         for i, windows in zip(plan.todo, fitted):
             plan.prepared[i].windows = windows
             plan.prepared[i].tokens = sum(map(len, windows))
@@ -449,7 +479,7 @@ def tokens_in_body(content_length: str | None) -> int:
 
 
 def ids_tokens(id_lists: Sequence[Sequence[int]], mode: str, limit: int) -> int:
-    """The tokens token-id inputs will take: each cut at the model's limit under 'truncate', whole otherwise."""
+    """The tokens token-id inputs will take: each cut at `limit` under 'truncate', whole otherwise."""
     return sum(min(len(x), limit) if mode == "truncate" else len(x) for x in id_lists)
 
 

@@ -76,7 +76,7 @@ def cap_text(text: str, mode: str, max_tokens: int, chars_per_token: int, left: 
         return text[: cut_point(text, cap, cap // 2)]
     raise Rejected(
         "context_length_exceeded",
-        f"has {len(text)} characters, over the {cap} that this model's maximum of {max_tokens} tokens allows "
+        f"has {len(text)} characters, over the {cap} that a maximum of {max_tokens} tokens allows "
         f"({chars_per_token} characters a token)",
     )
 
@@ -94,19 +94,23 @@ def task_prefix(prompts: Mapping[str, str], input_type: str | None) -> tuple[str
     return name, prompts[name]
 
 
-def fit(encoder, ids: list[int], mode: str, from_text: bool, left: bool = False) -> list[list[int]]:
+def fit(
+    encoder, ids: list[int], mode: str, from_text: bool, left: bool = False, limit: int | None = None
+) -> list[list[int]]:
     """The long-input rule -> the input's windows (one unless chunked). Tokenised text keeps its [CLS]/[SEP] in
-    every piece; token ids given by the caller are cut exactly as given."""
-    limit = encoder.info.max_input_tokens
+    every piece; token ids given by the caller are cut exactly as given. `limit`: a request's own token limit
+    (vLLM's truncate_prompt_tokens, Cohere's max_tokens), at most the model's; default the model's."""
+    whose = "this model's maximum" if limit is None else "the request's limit"
+    limit = limit or encoder.info.max_input_tokens
     if len(ids) <= limit:
         return [ids]
     if mode == "truncate":
         if from_text:
-            return [encoder.truncate(ids, left=left)]
+            return [encoder.truncate(ids, limit, left=left)]
         return [ids[len(ids) - limit :] if left else ids[:limit]]
     if mode == "chunk":
-        return encoder.windows(ids) if from_text else [ids[i : i + limit] for i in range(0, len(ids), limit)]
-    raise Rejected("context_length_exceeded", f"has {len(ids)} tokens, over this model's maximum of {limit}")
+        return encoder.windows(ids, limit) if from_text else [ids[i : i + limit] for i in range(0, len(ids), limit)]
+    raise Rejected("context_length_exceeded", f"has {len(ids)} tokens, over {whose} of {limit}")
 
 
 def mean_of_windows(pooled: Sequence[np.ndarray], lengths: Sequence[int]) -> np.ndarray:

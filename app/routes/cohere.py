@@ -52,7 +52,7 @@ async def embed(request: Request, rt: Runtime = Depends(require_ready)) -> Respo
         "input": body.texts, "model": body.model, "input_type": prompt_for(served.encoder.info.prompts,
                                                                             body.input_type),
         "dimensions": body.output_dimension, "long_input": mode, "truncation_direction": direction,
-        "normalize": body.normalize,
+        "normalize": body.normalize, "truncate_prompt_tokens": body.max_tokens,
         "priority": None if body.priority is None else ("interactive" if body.priority == 0 else "bulk"),
     })
     result = await unless_disconnected(request, served.service.embed(req))

@@ -106,7 +106,7 @@ async def cohere_rerank(request: Request, rt: Runtime, version: str) -> Response
     results = [
         {"index": i, "relevance_score": float(result.scores[i])}
         | ({"document": {"text": texts[i]}} if req.return_documents else {})
-        for i in ranked(result.scores, req.top_n)
+        for i in ranked(result.scores, req.top_n or None)  # vLLM's top_n 0: all of them
     ]
     return answer(
         {

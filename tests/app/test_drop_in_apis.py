@@ -140,6 +140,59 @@ def test_normalize_false_and_left_truncation_everywhere(server, tiny):
     assert httpx.post(f"{base}/v2/embed", json={"texts": [long], "truncate": "NONE"}).status_code == 400
 
 
+def test_vllm_truncate_prompt_tokens_and_cohere_max_tokens_cut_each_input(server, tiny):
+    """vLLM's truncate_prompt_tokens on /v1/embeddings (the openai SDK's extra_body, as vLLM's docs send it) and
+    Cohere's max_tokens on /v2/embed (the cohere SDK) cut each input to that many tokens, special tokens kept: the
+    vectors of the tokenised text cut by hand. -1 is the model's limit; under long_input error (Cohere's truncate
+    NONE) a longer input is refused, under chunk it is averaged over windows of that many."""
+    from openai import OpenAI
+
+    base, text, k = server.base, "rotary embeddings " * 8, 10  # ~42 tokens: within the 64-token limit
+    ids = tiny.tokenize([text])[0]
+    assert len(ids) > 3 * k
+    want = tiny.embed([ids[: k - 1] + ids[-1:]])[0]  # [CLS] + the first 8 text tokens + [SEP]
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused")
+    out = client.embeddings.create(model="nomic", input=[text, "short"], encoding_format="float",
+                                   extra_body={"truncate_prompt_tokens": k})
+    np.testing.assert_allclose(out.data[0].embedding, want, atol=1e-5)
+    np.testing.assert_allclose(out.data[1].embedding, openai(base, ["short"])[0], atol=ATOL)  # within the limit
+    assert out.usage.prompt_tokens == k + len(tiny.tokenize(["short"])[0])
+    full = openai(base, [text])[0]
+    assert not np.allclose(full, want, atol=1e-3)  # a cut vector and the whole one are cached apart
+    np.testing.assert_allclose(openai(base, [text], truncate_prompt_tokens=k)[0], want, atol=1e-5)
+    left = openai(base, [text], truncate_prompt_tokens=k, truncation_direction="left")[0]
+    np.testing.assert_allclose(left, tiny.embed([ids[:1] + ids[len(ids) - (k - 1) :]])[0], atol=1e-5)
+    np.testing.assert_allclose(openai(base, [ids], truncate_prompt_tokens=k)[0], tiny.embed([ids[:k]])[0],
+                               atol=1e-5)  # token ids are cut exactly as given
+    chunked = openai(base, [text], truncate_prompt_tokens=k, long_input="chunk", normalize=False)[0]
+    windows = tiny.windows(ids, k)
+    assert len(windows) > 1 and all(len(w) <= k for w in windows)
+    pooled = tiny.pool_sorted(windows)
+    mean = (pooled * np.array([[len(w)] for w in windows])).sum(0) / sum(map(len, windows))
+    np.testing.assert_allclose(chunked, tiny.finish(mean[None], normalize=False)[0], atol=1e-5)
+    long = "word " * 200  # over the server's 64-token limit
+    np.testing.assert_allclose(openai(base, [long], truncate_prompt_tokens=-1)[0],
+                               openai(base, [long], long_input="truncate")[0], atol=ATOL)
+    refused = httpx.post(f"{base}/v1/embeddings", json={"input": text, "truncate_prompt_tokens": k,
+                                                        "long_input": "error"})
+    assert refused.status_code == 400 and "over the request's limit of 10" in refused.json()["error"]["message"]
+    for bad in (0, 65, -2, "ten"):
+        r = httpx.post(f"{base}/v1/embeddings", json={"input": text, "truncate_prompt_tokens": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "truncate_prompt_tokens", (bad, r.text)
+
+    co = cohere.ClientV2(base_url=base, api_key="unused")
+    doc_ids = tiny.tokenize([text], "search_document: ")[0]
+    by_cohere = co.embed(model="nomic", texts=[text], input_type="search_document", embedding_types=["float"],
+                         max_tokens=k, truncate="END")
+    np.testing.assert_allclose(by_cohere.embeddings.float_[0], tiny.embed([doc_ids[: k - 1] + doc_ids[-1:]])[0],
+                               atol=1e-5)
+    assert by_cohere.meta.billed_units.input_tokens == k
+    none = httpx.post(f"{base}/v2/embed", json={"texts": [text], "max_tokens": k, "truncate": "NONE"})
+    assert none.status_code == 400 and "set truncate to END or START" in none.json()["message"], none.text
+    fits = httpx.post(f"{base}/v2/embed", json={"texts": ["short"], "max_tokens": k, "truncate": "NONE"})
+    assert fits.status_code == 200, fits.text
+
+
 def test_tei_tokenize_decode_info_embed_all(server, tiny):
     base = server.base
     tokens = httpx.post(f"{base}/tokenize", json={"inputs": ["héllo world"], "add_special_tokens": True}).json()[0]

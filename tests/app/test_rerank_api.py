@@ -156,7 +156,7 @@ def test_bad_rerank_requests_answer_in_each_routes_shape(rerankers):
         ("/v1/score", {"model": "mini", "text_1": "q", "text_2": "a"}, 400, None),
         ("/rerank", {"model": "bert", "query": "q", "texts": "not a list"}, 422, "validation"),
         ("/rerank", {"model": "bert", "query": "q", "texts": ["a"], "truncation_direction": "Up"}, 422, "validation"),
-        ("/v2/rerank", {"model": "bert", "query": "q", "documents": ["a"], "top_n": 0}, 400, None),
+        ("/v2/rerank", {"model": "bert", "query": "q", "documents": ["a"], "top_n": -1}, 400, None),
         ("/v2/rerank", {"model": "bert", "query": "q", "documents": ["a"], "unknown": 1}, 400, None),
         ("/v1/score", {"model": "bert", "text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, 400, None),
         ("/rerank", {"model": "nope", "query": "q", "texts": ["a"]}, 404, "validation"),
@@ -281,6 +281,29 @@ def test_vllm_truncate_prompt_tokens_cuts_each_pair_to_that_many(rerankers):
     assert short["usage"]["prompt_tokens"] == 6
 
 
+def test_vllm_defaults_top_n_0_and_truncate_prompt_tokens_minus_1(rerankers):
+    """What vLLM's own request model sends by default and documents: top_n 0 returns every document, and
+    truncate_prompt_tokens -1 cuts at the model's limit (the same scores as truncating there, a document over it
+    included)."""
+    base = rerankers.base
+    documents = ["berlin is in germany", "paris is in france", "berlin " * 700]  # the last is over bert's 512
+    plain = httpx.post(f"{base}/v1/rerank", json={"model": "bert", "query": "where is berlin", "documents": documents})
+    assert plain.status_code == 200, plain.text
+    for body in ({"top_n": 0}, {"top_n": 0, "truncate_prompt_tokens": -1}, {"truncate_prompt_tokens": -1}):
+        got = httpx.post(f"{base}/v1/rerank", json={"model": "bert", "query": "where is berlin",
+                                                    "documents": documents} | body)
+        assert got.status_code == 200, (body, got.text)
+        results, want = got.json()["results"], plain.json()["results"]
+        assert [r["index"] for r in results] == [r["index"] for r in want] and len(results) == 3, body
+        assert [r["relevance_score"] for r in results] == pytest.approx([r["relevance_score"] for r in want],
+                                                                        abs=ATOL), body
+    score = httpx.post(f"{base}/v1/score", json={"model": "bert", "text_1": "where is berlin", "text_2": documents,
+                                                 "truncate_prompt_tokens": -1})
+    assert score.status_code == 200, score.text
+    by_index = {r["index"]: r["relevance_score"] for r in plain.json()["results"]}
+    assert [d["score"] for d in score.json()["data"]] == pytest.approx([by_index[i] for i in range(3)], abs=ATOL)
+
+
 def test_cohere_max_tokens_per_doc_cuts_each_document_before_pairing(rerankers):
     """Cohere's max_tokens_per_doc (through the cohere SDK) cuts each document to that many of its own tokens, then
     pairs it: the same scores as sending the documents' first words that hold exactly those tokens."""
@@ -315,7 +338,8 @@ def test_token_counts_out_of_range_are_400s_in_each_routes_shape(rerankers):
         ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 2}, "pair template alone takes 3"),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "truncate_prompt_tokens": 1}, "truncate_prompt_tokens"),
         ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 513}, "512"),
-        ("/v1/score", {"text_1": ["q"], "text_2": ["a"], "truncate_prompt_tokens": -1}, "truncate_prompt_tokens"),
+        ("/v1/score", {"text_1": ["q"], "text_2": ["a"], "truncate_prompt_tokens": -2}, "truncate_prompt_tokens"),
+        ("/v1/rerank", {"query": "q", "documents": ["a"], "truncate_prompt_tokens": -1, "truncate": False}, "truncate"),
         ("/v1/score", {"text_1": "q", "text_2": ["a"], "truncate_prompt_tokens": 8, "truncate": False}, "truncate"),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "truncate_prompt_tokens": 10**6}, "512"),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "max_tokens_per_doc": 0}, "max_tokens_per_doc"),
