@@ -1,6 +1,8 @@
 """Rerank routes for cross-encoders, thin translations over one service (app/rerank.py):
 
 - TEI's `POST /rerank` (`query`, `texts`, ...) -> `[{index, score, text?}]`, best first; TEI's error shape.
+- Infinity's `POST /rerank`, the same path (`query`, `documents`, ...) -> `{object, results: [{relevance_score, index,
+  document?}], model, usage, id, created}`, best first, `top_n` of them; OpenAI's error shape, as Infinity answers.
 - The Cohere/Jina shape that Cohere, vLLM and Infinity serve, `POST /v1/rerank` and `POST /v2/rerank` -> `{id,
   results: [{index, relevance_score, document?}], meta, usage}`, best first, `top_n` of them; Cohere's error shape.
 - vLLM's `POST /v1/score` (`text_1`, `text_2`) -> `{data: [{index, score}]}` in input order; OpenAI's error shape.
@@ -15,14 +17,25 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.errors import APIError
+from app.errors import OPENAI, APIError
 from app.rerank import RerankResult, ranked
-from app.routes.common import json_body, parse_body, pick_model, require_api_key, require_ready, unless_disconnected
+from app.routes.common import (
+    json_body,
+    parse_body,
+    parse_json,
+    pick_model,
+    require_api_key,
+    require_ready,
+    unless_disconnected,
+    validate,
+)
 from app.runtime import RERANKER, Runtime
 from app.schemas import ErrorResponse as OpenAIError
 from app.schemas_cohere import ErrorResponse as CohereError
 from app.schemas_cohere import RerankRequest as CohereRerankRequest
 from app.schemas_cohere import RerankResponse as CohereRerankResponse
+from app.schemas_infinity import UNNAMED
+from app.schemas_infinity import RerankRequest as InfinityRerankRequest
 from app.schemas_tei import ErrorResponse as TEIError
 from app.schemas_tei import Rank
 from app.schemas_tei import RerankRequest as TEIRerankRequest
@@ -55,15 +68,25 @@ def record(request: Request, result: RerankResult) -> None:
     state["tokens"], state["inputs"] = result.tokens, len(result.scores)
 
 
+def either_body(*models: type) -> dict[str, Any]:
+    """The OpenAPI request body of a path that takes any of several bodies (TEI's and Infinity's /rerank)."""
+    schemas = [json_body(m)["requestBody"]["content"]["application/json"]["schema"] for m in models]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}}
+
+
 @tei.post(
     "/rerank",
     response_model=list[Rank],
     responses=errors(TEIError, 400, 401, 413, 422, 424, 429, 503),
-    openapi_extra=json_body(TEIRerankRequest),
+    openapi_extra=either_body(TEIRerankRequest, InfinityRerankRequest),
 )
 async def tei_rerank(request: Request, rt: Runtime = Depends(require_ready)) -> Response:
-    """TEI's rerank: every text scored against the query, best first."""
-    req = await parse_body(request, TEIRerankRequest)
+    """TEI's rerank: every text scored against the query, best first. A body with `documents` (and no `texts`) is
+    Infinity's rerank at the same path, answered as Infinity answers it."""
+    data = await parse_json(request)
+    if "documents" in data and "texts" not in data:
+        return await infinity_rerank(request, rt, data)
+    req = validate(TEIRerankRequest, data)
     served = pick_model(rt, request, req.model, RERANKER)
     left = req.truncation_direction.lower() == "left"
     result = await unless_disconnected(
@@ -81,6 +104,29 @@ async def tei_rerank(request: Request, rt: Runtime = Depends(require_ready)) -> 
             for i in ranked(result.scores)
         ]
     )
+
+
+async def infinity_rerank(request: Request, rt: Runtime, data: dict[str, Any]) -> Response:
+    """Infinity's rerank: the best `top_n` documents for the query, with their text when asked."""
+    request.scope["state"]["api"] = OPENAI  # its errors, from here on, in Infinity's (OpenAI's) shape
+    req = validate(InfinityRerankRequest, data)
+    served = pick_model(rt, request, None if req.model == UNNAMED else req.model, RERANKER)
+    # Infinity cuts a pair over the model's limit (its tokenizer truncates), whatever the server's default
+    work = served.service.rerank(req.query, req.documents, truncate=True, raw=req.raw_scores)
+    result = await unless_disconnected(request, work)
+    if result is None:
+        return Response(status_code=499)
+    record(request, result)
+    results = [
+        {"relevance_score": float(result.scores[i]), "index": i}
+        | ({"document": req.documents[i]} if req.return_documents else {})
+        for i in ranked(result.scores, req.top_n)
+    ]
+    return answer({
+        "object": "rerank", "results": results, "model": served.name,
+        "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        "id": f"infinity-{uuid.uuid4()}", "created": int(time.time()),
+    })
 
 
 async def cohere_rerank(request: Request, rt: Runtime, version: str) -> Response:

@@ -32,6 +32,8 @@ def error_keys(path: str, body) -> set[str]:
     api = API_OF_PATH.get(path, OPENAI)
     if path == "/tokenize" and isinstance(body, dict) and "inputs" in body:  # TEI's form of /tokenize
         api = TEI
+    if path == "/rerank" and isinstance(body, dict) and "documents" in body and "texts" not in body:  # Infinity's
+        api = OPENAI
     return ERROR_KEYS[api]
 
 

@@ -281,6 +281,45 @@ def test_vllm_truncate_prompt_tokens_cuts_each_pair_to_that_many(rerankers):
     assert short["usage"]["prompt_tokens"] == 6
 
 
+def test_infinity_rerank_at_teis_path_in_infinitys_shape(rerankers, rerankers_64):
+    """Infinity's POST /rerank shares TEI's path: a body with `documents` gets Infinity's answer (`object: rerank`,
+    results best first with `relevance_score`, the text only with return_documents, `top_n`, raw logits with
+    raw_scores), scored as every golden says; its model default picks the first reranker; a pair over the limit is
+    cut, as Infinity's tokenizer does; its errors come in OpenAI's shape, as Infinity sends them. TEI's body at the
+    same path still gets TEI's answer."""
+    for server, limit_64 in ((rerankers, False), (rerankers_64, True)):
+        for name, case in cases(limit_64):
+            body = {"model": name, "query": case["query"], "documents": case["documents"], "return_documents": True}
+            r = httpx.post(f"{server.base}/rerank", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            out = r.json()
+            assert out["object"] == "rerank" and out["model"] == name and out["id"].startswith("infinity-")
+            assert isinstance(out["created"], int) and out["usage"]["prompt_tokens"] == out["usage"]["total_tokens"]
+            assert [x["index"] for x in out["results"]] == rank_order(case), (name, case["name"])
+            for x in out["results"]:
+                assert x["relevance_score"] == pytest.approx(case["pairs"][x["index"]]["predict_default"], abs=ATOL)
+                assert x["document"] == case["documents"][x["index"]]
+    base = rerankers.base
+    documents = ["berlin is in germany", "paris is in france", "berlin " * 700]  # the last is over bert's 512
+    out = httpx.post(f"{base}/rerank", json={"query": "where is berlin", "documents": documents, "top_n": 2}).json()
+    assert out["model"] == "bert" and len(out["results"]) == 2  # Infinity's default model: the first reranker
+    assert all(set(x) == {"relevance_score", "index"} for x in out["results"])  # return_documents defaults to false
+    cohere_ = httpx.post(f"{base}/v1/rerank", json={"model": "bert", "query": "where is berlin",
+                                                    "documents": documents, "top_n": 2}).json()
+    assert [x["index"] for x in out["results"]] == [x["index"] for x in cohere_["results"]]
+    raw = httpx.post(f"{base}/rerank", json={"model": "bert", "query": "where is berlin", "documents": documents[:2],
+                                             "raw_scores": True}).json()
+    tei_raw = httpx.post(f"{base}/rerank", json={"model": "bert", "query": "where is berlin", "texts": documents[:2],
+                                                 "raw_scores": True}).json()
+    assert isinstance(tei_raw, list) and {x["index"]: x["score"] for x in tei_raw} == pytest.approx(
+        {x["index"]: x["relevance_score"] for x in raw["results"]}, abs=ATOL)
+    for bad in ({"documents": []}, {"documents": ["a"], "top_n": 0}, {"documents": ["a"], "model": "nope"},
+                {"documents": ["a"], "model": "mini"}, {"documents": "a"}, {"documents": ["a"], "unknown": 1}):
+        r = httpx.post(f"{base}/rerank", json={"query": "q"} | bad)
+        assert 400 <= r.status_code < 500, (bad, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}, (bad, r.text)
+
+
 def test_vllm_defaults_top_n_0_and_truncate_prompt_tokens_minus_1(rerankers):
     """What vLLM's own request model sends by default and documents: top_n 0 returns every document, and
     truncate_prompt_tokens -1 cuts at the model's limit (the same scores as truncating there, a document over it
