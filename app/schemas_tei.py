@@ -53,7 +53,7 @@ class EmbedRequest(TEIRequest):
     truncate: StrictBool | None = Field(None, description="Cut inputs over the limit; default: --auto-truncate.")
     truncation_direction: TruncationDirection = Field("Right", description="Left keeps the end of the text.")
     prompt_name: StrictStr | None = Field(None, description="A prompt of the model (its input_type names).")
-    dimensions: StrictInt | None = Field(None, ge=0, description="Matryoshka width.")
+    dimensions: StrictInt | None = Field(None, ge=1, description="Matryoshka width: 1 to the model's hidden size.")
 
     _inputs_shape = input_validator(INPUT_FORMS, "inputs")
 

@@ -43,7 +43,7 @@ def as_request(model: str | None, inputs: Any, truncate: bool | None, direction:
         raise APIError(400, "`inputs` cannot be empty", param="inputs", code="empty_input")
     try:
         return EmbeddingRequest.model_validate({
-            "input": inputs, "model": model, "input_type": prompt_name, "dimensions": dimensions or None,
+            "input": inputs, "model": model, "input_type": prompt_name, "dimensions": dimensions,
             "normalize": normalize, "truncation_direction": direction.lower(),
             "long_input": None if truncate is None else ("truncate" if truncate else "error"),
         })

@@ -235,6 +235,7 @@ def test_infinity_models_and_embedding_type_extension(server):
         ("/embed", {"inputs": ["a", [1, 2]]}, 422, {"error", "error_type"}),
         ("/embed", {"inputs": "a", "prompt_name": "nope"}, 422, {"error", "error_type"}),
         ("/embed", {"inputs": "a", "dimensions": 10_000}, 422, {"error", "error_type"}),
+        ("/embed", {"inputs": "a", "dimensions": 0}, 422, {"error", "error_type"}),  # TEI: "should be positive"
         ("/embed", {"inputs": "a", "model": "rr"}, 400, {"error", "error_type"}),
         ("/embed_all", {"inputs": ""}, 400, {"error", "error_type"}),
         ("/similarity", {"inputs": {"source_sentence": "a", "sentences": []}}, 400, {"error", "error_type"}),
