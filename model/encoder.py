@@ -207,6 +207,7 @@ class Encoder:
         spec = read_spec(folder, max_input_tokens)
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
+        threads = threads or default_threads()
 
         def build() -> Encoder:
             net = build_model(spec.architecture, spec.arch, read_state_dict(folder), folder.name)
@@ -214,7 +215,7 @@ class Encoder:
 
         # on CPU the load's own parallel work (weight copies, oneDNN packing and its timing) runs on the lane the
         # forwards will use: a pool left on the loading thread would slow every forward (model/cpu_lanes.py)
-        encoder = cpu_lanes.run(threads or default_threads(), build) if torch_device.type == "cpu" else build()
+        encoder = cpu_lanes.run(threads, build) if torch_device.type == "cpu" else build()
         log.info(
             "loaded %s (%s %s, %d dims, max %d tokens from %s) on %s: %s%s",
             model, spec.architecture.name, spec.kind, spec.hidden_size, spec.max_input_tokens, spec.limit_source,
@@ -319,7 +320,9 @@ class Encoder:
         if self.info.kind != EMBEDDING:
             raise ModelError(f"{self.info.name} is a {self.info.kind} ({self.info.architecture}): it scores pairs")
         if self.device.type == "cpu":
-            hidden = cpu_lanes.run(threads or self.threads, lambda: self._forward(self.prepare(batch)).float().numpy())
+            # a forward like pooled's: it keeps the process out of the idle state the cold-start choice looks for
+            with self._cold_start.threads_for(threads or self.threads, sum(map(len, batch))) as n:
+                hidden = cpu_lanes.run(n, lambda: self._forward(self.prepare(batch)).float().numpy())
         else:
             hidden = self._forward(self.prepare(batch).to(self.device)).float().cpu().numpy()  # (T, E) in order
         return np.split(hidden, np.cumsum([len(ids) for ids in batch])[:-1])

@@ -70,3 +70,26 @@ def test_a_cold_forward_on_the_real_encoder_gives_the_same_vectors(minilm, monke
     assert None not in minilm._cold_start.summary().values()  # both the 1-thread and the 2-thread forward ran
     for v in vectors[1:]:
         np.testing.assert_allclose(v, vectors[0], rtol=0, atol=1e-5)
+
+
+def test_token_vectors_is_a_forward_too(minilm, monkeypatch):
+    """TEI's /embed_all forward (token_vectors) counts like pooled's: a pooled forward that starts while it runs is
+    not cold, and its own cold forwards are timed."""
+    if minilm.threads < 2:
+        pytest.skip("one core: every forward runs on one thread")
+    cold = ColdStart()
+    monkeypatch.setattr(minilm, "_cold_start", cold)
+    seen = []
+    inner = cold_start.ColdStart()
+    real = minilm._forward
+
+    def forward_and_look(packed):
+        with inner.threads_for(2, 16) as n:  # another model's forward, started while this one runs
+            seen.append(n)
+        return real(packed)
+
+    monkeypatch.setattr(minilm, "_forward", forward_and_look)
+    ids = minilm.tokenize(["a short sentence to embed"])[0]
+    vectors = minilm.token_vectors([ids])
+    assert seen == [2] and vectors[0].shape == (len(ids), minilm.info.hidden_size)
+    assert sum(v is not None for v in cold.summary().values()) == 1  # its own cold forward was timed
