@@ -121,14 +121,14 @@ class ModelService:
 
     def token_limit(self, value: int | None, param: str) -> int | None:
         """A request's own token count (vLLM's truncate_prompt_tokens, Cohere's max_tokens and max_tokens_per_doc):
-        1 to the model's input limit, or vLLM's -1 for that limit."""
-        limit = self.info.max_input_tokens
-        if value == -1:
+        1 to the model's input limit; vLLM's -1 is that limit."""
+        limit, vllm = self.info.max_input_tokens, param == "truncate_prompt_tokens"
+        if value == -1 and vllm:
             return limit
         if value is not None and not 1 <= value <= limit:
             raise APIError(
-                400, f"'{param}' is {value}: it must be between 1 and this model's maximum of {limit} tokens, or -1 "
-                "for that maximum", param=param, code="invalid_value",
+                400, f"'{param}' is {value}: it must be between 1 and this model's maximum of {limit} tokens"
+                + (", or -1 for that maximum" if vllm else ""), param=param, code="invalid_value",
             )
         return value
 

@@ -48,6 +48,7 @@ async def embed(request: Request, rt: Runtime = Depends(require_ready)) -> Respo
     if not body.texts:
         raise APIError(400, "texts must hold at least one text", param="texts", code="empty_input")
     mode, direction = TRUNCATE[body.truncate]
+    served.service.token_limit(body.max_tokens, "max_tokens")  # named as the client sent it, before it is mapped
     req = EmbeddingRequest.model_validate({
         "input": body.texts, "model": body.model, "input_type": prompt_for(served.encoder.info.prompts,
                                                                             body.input_type),

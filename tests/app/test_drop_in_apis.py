@@ -191,6 +191,8 @@ def test_vllm_truncate_prompt_tokens_and_cohere_max_tokens_cut_each_input(server
     assert none.status_code == 400 and "set truncate to END or START" in none.json()["message"], none.text
     fits = httpx.post(f"{base}/v2/embed", json={"texts": ["short"], "max_tokens": k, "truncate": "NONE"})
     assert fits.status_code == 200, fits.text
+    over = httpx.post(f"{base}/v2/embed", json={"texts": ["short"], "max_tokens": 65})
+    assert over.status_code == 400 and "'max_tokens' is 65" in over.json()["message"], over.text
 
 
 def test_tei_tokenize_decode_info_embed_all(server, tiny):
