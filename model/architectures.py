@@ -54,6 +54,9 @@ class Architecture:
     prompts: dict[str, str] = field(default_factory=dict)  # task prefixes when the folder names none
     limit_key: str | None = None  # a config.json key that states the input limit (README: input limit, rule 2)
     experts: Callable[[Any], dict[str, int | list[int]] | None] = lambda config: None  # MoE layout, for /v1/models
+    # the model can stop at each sequence's first token after the last layer's attention (`forward(batch,
+    # first_tokens=True)` -> (B, E)): a CLS-pooled embedder then runs that layer's out-projection and MLP on B rows
+    first_tokens: bool = False
 
 
 def bert_scorer(config: BertConfig) -> SequenceScorer:
@@ -69,11 +72,11 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("NomicBertModel", "nomic_bert", EMBEDDING, NomicBertConfig, config_forms.nomic_values, NomicBert,
                  weights.map_nomic, matryoshka=True, matryoshka_layer_norm=True, prompts=NOMIC_PROMPTS,
                  limit_key="n_positions", experts=NomicBertConfig.experts),
-    Architecture("BertModel", "bert", EMBEDDING, BertConfig, dict, Bert, weights.map_bert),
+    Architecture("BertModel", "bert", EMBEDDING, BertConfig, dict, Bert, weights.map_bert, first_tokens=True),
     Architecture("DistilBertModel", "distilbert", EMBEDDING, BertConfig, config_forms.distilbert_values, Bert,
-                 weights.map_bert),
+                 weights.map_bert, first_tokens=True),
     Architecture("XLMRobertaModel", "xlm-roberta", EMBEDDING, BertConfig, config_forms.xlmr_values, Bert,
-                 weights.map_bert),
+                 weights.map_bert, first_tokens=True),
     Architecture("ModernBertModel", "modernbert", EMBEDDING, ModernBertConfig, config_forms.modernbert_values,
                  ModernBert, weights.map_modernbert),
     # cross-encoders: the same bodies under their classification heads

@@ -100,10 +100,19 @@ class Chain(nn.Module):
         self.after = nn.ModuleList(after)
 
     def forward(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        x = self.pooling(hidden, batch)
+        return self.after_pooling(self.pooling(hidden, batch))
+
+    def after_pooling(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The modules after pooling, on (B, width) float32 pooled vectors (a CLS pooling's are the first tokens'
+        states, which the encoder can hand over directly)."""
+        x = pooled
         for module in self.after:
             x = module(x)
         return x
+
+    @property
+    def cls_only(self) -> bool:
+        return self.pooling.modes == ("cls",)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import encoder
 from model.encoder import Encoder
 from model.errors import ConfigError
 from model.packing import pack
@@ -71,3 +72,29 @@ def test_a_pad_id_inside_a_sequence_is_numbered_as_transformers_does():
         real = (ids != 1).long()
         want += (torch.cumsum(real, 0) * real + 1).tolist()
     assert got == want == [2, 3, 1, 4, 5, 2, 1, 1, 3, 4]
+
+
+def test_cls_pooling_stops_the_last_layer_at_the_first_tokens(monkeypatch):
+    """A CLS-pooled embedder (bge-m3) runs its last layer's out-projection and MLP on each sequence's first token
+    only: the same vectors as pooling the full last hidden state, for equal and mixed lengths; a mean-pooled one
+    (e5) keeps every token."""
+    bge, e5 = load("xlmr-bge-m3-tiny"), load("xlmr-e5-tiny")
+    assert bge._first_tokens and not e5._first_tokens
+    cases = load_golden(XLMR / "xlmr-bge-m3-tiny")["cases"]
+    ids = [bge.tokenize([c["text"]])[0] for c in cases]
+    calls = []
+    real = bge._forward
+    monkeypatch.setattr(bge, "_forward", lambda packed, **kw: calls.append(kw) or real(packed, **kw))
+    long = max(ids, key=len)
+    assert len(long) >= encoder.FIRST_TOKENS_FROM
+    for batch in (ids, [long[:40]] * 3, [long, ids[0][:7], long[:30]]):
+        fast = bge.run(bge.prepare(batch))
+        monkeypatch.setattr(bge, "_first_tokens", False)
+        full = bge.run(bge.prepare(batch))
+        monkeypatch.setattr(bge, "_first_tokens", True)
+        assert fast.shape == full.shape == (len(batch), bge.info.hidden_size)
+        np.testing.assert_allclose(fast, full, rtol=0, atol=1e-5)
+    assert calls[::2] == [{"first_tokens": True}] * 3 and calls[1::2] == [{}] * 3
+    calls.clear()
+    bge.run(bge.prepare([long[: encoder.FIRST_TOKENS_FROM - 1]]))
+    assert calls == [{}]  # too short to gain: every token to the end
