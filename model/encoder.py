@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from model.weights import read_state_dict, resolve_model_dir
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+T = TypeVar("T")
 # On CPU one forward takes at most this many tokens: activations of larger batches spill out of the caches (measured on
 # a Zen 4 EPYC, 32 MiB L3, fp32: MiniLM 7,700 tok/s at 720-2,880 tokens per forward, 6,700 at 11,520; full-size
 # NomicBert 829 tok/s at 720, 720 at 4,320). A longer single input still runs whole.
@@ -287,11 +289,15 @@ class Encoder:
             parts.append(forward(start, len(batch)))
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-        # a small batch gets every thread too (at 16 tokens a linear is as much arithmetic per weight as the cores can
-        # do), unless it finds the process idle and one thread measured faster then (model/cold_start.py); the OpenMP
-        # pool that runs it is the process's one for that thread count (model/cpu_lanes.py)
-        with self._cold_start.threads_for(threads or self.threads, sum(len(ids) for ids in batch)) as n:
-            return cpu_lanes.run(n, forwards)
+        return self._on_cpu(forwards, batch, threads)
+
+    def _on_cpu(self, work: Callable[[], T], batch: Sequence[Sequence[int]], threads: int | None) -> T:
+        """work(), one CPU forward or more of `batch`, on `threads` (default all of ours). A small batch gets every
+        thread too (at 16 tokens a linear is as much arithmetic per weight as the cores can do), unless it finds the
+        process idle and one thread measured faster then (model/cold_start.py); the OpenMP pool that runs it is the
+        process's one for that thread count (model/cpu_lanes.py)."""
+        with self._cold_start.threads_for(threads or self.threads, sum(map(len, batch))) as n:
+            return cpu_lanes.run(n, work)
 
     @property
     def packs_ahead(self) -> bool:
@@ -330,9 +336,7 @@ class Encoder:
         if self.info.kind != EMBEDDING:
             raise ModelError(f"{self.info.name} is a {self.info.kind} ({self.info.architecture}): it scores pairs")
         if self.device.type == "cpu":
-            # a forward like pooled's: it keeps the process out of the idle state the cold-start choice looks for
-            with self._cold_start.threads_for(threads or self.threads, sum(map(len, batch))) as n:
-                hidden = cpu_lanes.run(n, lambda: self._forward(self.prepare(batch)).float().numpy())
+            hidden = self._on_cpu(lambda: self._forward(self.prepare(batch)).float().numpy(), batch, threads)
         else:
             hidden = self._forward(self.prepare(batch).to(self.device)).float().cpu().numpy()  # (T, E) in order
         return np.split(hidden, np.cumsum([len(ids) for ids in batch])[:-1])

@@ -46,9 +46,12 @@ def pick_model(rt: Runtime, request: Request, name: str | None, kind: str = EMBE
     return rt.bind(request.scope["state"], rt.model(name, kind)).require(kind)
 
 
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that parses its JSON itself (see parse_body)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+def json_body(*models: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses its JSON itself (see parse_body): one model's schema, or any
+    of several (a path that takes more than one API's body)."""
+    schemas = [m.model_json_schema() for m in models]
+    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

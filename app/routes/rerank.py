@@ -36,6 +36,7 @@ from app.schemas_cohere import RerankRequest as CohereRerankRequest
 from app.schemas_cohere import RerankResponse as CohereRerankResponse
 from app.schemas_infinity import UNNAMED
 from app.schemas_infinity import RerankRequest as InfinityRerankRequest
+from app.schemas_infinity import RerankResponse as InfinityRerankResponse
 from app.schemas_tei import ErrorResponse as TEIError
 from app.schemas_tei import Rank
 from app.schemas_tei import RerankRequest as TEIRerankRequest
@@ -68,17 +69,11 @@ def record(request: Request, result: RerankResult) -> None:
     state["tokens"], state["inputs"] = result.tokens, len(result.scores)
 
 
-def either_body(*models: type) -> dict[str, Any]:
-    """The OpenAPI request body of a path that takes any of several bodies (TEI's and Infinity's /rerank)."""
-    schemas = [json_body(m)["requestBody"]["content"]["application/json"]["schema"] for m in models]
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}}
-
-
 @tei.post(
     "/rerank",
-    response_model=list[Rank],
+    response_model=list[Rank] | InfinityRerankResponse,
     responses=errors(TEIError, 400, 401, 413, 422, 424, 429, 503),
-    openapi_extra=either_body(TEIRerankRequest, InfinityRerankRequest),
+    openapi_extra=json_body(TEIRerankRequest, InfinityRerankRequest),
 )
 async def tei_rerank(request: Request, rt: Runtime = Depends(require_ready)) -> Response:
     """TEI's rerank: every text scored against the query, best first. A body with `documents` (and no `texts`) is
