@@ -190,6 +190,7 @@ class Runtime:
 
     # ---- life cycle -------------------------------------------------------------------------------------------
     def _load(self, source: str):
+        from model.cpu_aot import default_cache_dir as default_cpu_aot_dir
         from model.encoder import Encoder
 
         s = self.settings
@@ -200,6 +201,7 @@ class Runtime:
             max_input_tokens=s.max_input_tokens,
             revision=s.revision,
             compile=s.compile,
+            cpu_aot_dir=(s.cpu_aot_dir or default_cpu_aot_dir()) if s.cpu_aot else None,
         )
 
     async def start(self) -> None:

@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from model import cpu_lanes, cpu_linear, pooling, weights
+from model import cpu_aot, cpu_lanes, cpu_linear, pooling, weights
 from model.activations import torch_activation
 from model.architectures import EMBEDDING, RERANKER, build_model
 from model.cold_start import ColdStart
@@ -157,6 +157,7 @@ class Encoder:
         dtype: torch.dtype,
         compile: bool = False,
         threads: int | None = None,
+        cpu_aot_dir: Path | None = None,
     ):
         self.spec, self.tokenizer, self.device, self.dtype = spec, tokenizer, device, dtype
         self.threads = threads or default_threads()
@@ -174,6 +175,12 @@ class Encoder:
         if spec.kind == RERANKER and tokenizer is not None and not tokenizer.has_pair_template():
             raise ModelError(f"{name}: its tokenizer.json has no pair template (post_processor): a cross-encoder needs "
                              "the separators between query and document")
+        # opt-in: a lone short input through an ahead-of-time compiled copy (model/cpu_aot.py); it exports the plain
+        # nn.Linear model, so it is built before the linears are packed
+        self._small = None
+        if cpu_aot_dir is not None and device.type == "cpu" and not compile and spec.kind == EMBEDDING:
+            example = pack([list(range(100, 100 + cpu_aot.MAX_TOKENS // 2))])
+            self._small = cpu_aot.SmallForward.build(self.model, example, name, cpu_aot_dir)
         # CPU: oneDNN packed matmuls where they beat nn.Linear here (timed); torch.compile brings its own kernels
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
@@ -211,6 +218,7 @@ class Encoder:
         revision: str | None = None,
         compile: bool = False,
         threads: int | None = None,
+        cpu_aot_dir: str | Path | None = None,
     ) -> Encoder:
         folder = resolve_model_dir(model, revision)
         spec = read_spec(folder, max_input_tokens)
@@ -220,7 +228,8 @@ class Encoder:
 
         def build() -> Encoder:
             net = build_model(spec.architecture, spec.arch, read_state_dict(folder), folder.name)
-            return cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile, threads)
+            return cls(model, spec, net, Tokenizer.from_folder(folder), torch_device, torch_dtype, compile, threads,
+                       Path(cpu_aot_dir) if cpu_aot_dir is not None else None)
 
         # on CPU the load's own parallel work (weight copies, oneDNN packing and its timing) runs on the lane the
         # forwards will use: a pool left on the loading thread would slow every forward (model/cpu_lanes.py)
@@ -321,7 +330,8 @@ class Encoder:
         if self._first_tokens and packed.input_ids.shape[0] >= FIRST_TOKENS_FROM:  # (B, E): CLS-pooled already
             vectors = self.chain.after_pooling(self._forward(packed, first_tokens=True).float())
         else:
-            out = self._forward(packed)  # (T, E) hidden states, or a cross-encoder's (B, 1) fp32 logits
+            small = self._small is not None and self._small.covers(packed)
+            out = self._small(packed) if small else self._forward(packed)  # (T, E), or a cross-encoder's (B, 1) logits
             vectors = self.chain(out, packed) if self.chain is not None else out  # pooled (B, width) fp32
         return vectors.cpu().numpy()
 
