@@ -290,6 +290,8 @@ def rerank(ctx: Context) -> None:
 # ---- ONNX Runtime: ours (fp32, and bf16 where `auto` picks it) vs ORT fp32, MiniLM, ids in -------------------------
 ORT_CASES = (("1 x 16 tok", (16,)), ("8 x 16 tok", (16,) * 8), ("32 x 180 tok", (180,) * 32),
              ("32 x mixed 8-180 tok", _mixed(32, 8, 180, seed=2)))
+CPU_AOT_DIR = checkpoint.CACHE / "cpu-aot"  # compiled packages, kept between runs like the ONNX export
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}
 SMALL_CASE_TOKENS = 256  # up to this many tokens a case is a latency row (ms per batch), above it a tokens/s row
 
 
@@ -333,9 +335,21 @@ def ort(ctx: Context) -> None:
     try:
         runners["ours fp32"] = ours_runner(ctx, "ours_ort_fp32")
         ctx.info["ours_ort_fp32"] = runners["ours fp32"].call("load", model=str(ctx.minilm), dtype="float32")
-        if cpu_has_native_bf16():
+        dtypes = ["float32", "bfloat16"] if cpu_has_native_bf16() else ["float32"]
+        for dtype in dtypes[1:]:
             runners["ours bf16"] = ours_runner(ctx, "ours_ort_bf16")
-            ctx.info["ours_ort_bf16"] = runners["ours bf16"].call("load", model=str(ctx.minilm), dtype="bfloat16")
+            ctx.info["ours_ort_bf16"] = runners["ours bf16"].call("load", model=str(ctx.minilm), dtype=dtype)
+        for dtype in dtypes:  # the opt-in compiled short forward (--cpu-aot), on the latency rows only
+            short = SHORT_DTYPE[dtype]
+            side = f"ours {short} aot"
+            runner = ours_runner(ctx, f"ours_ort_{short}_aot")
+            loaded = runner.call("load", model=str(ctx.minilm), dtype=dtype, cpu_aot_dir=str(CPU_AOT_DIR))
+            ctx.info[f"ours_ort_{short}_aot"] = loaded
+            if loaded["cpu_aot_package"]:
+                runners[side] = runner
+            else:
+                runner.close()
+                ctx.note(f"{side}: no compiled package (see the runner's log); its rows are left out")
         peer = peer_runner(ctx, "ort", "ort.py")
         sample = inputs.id_batch([16, 100, 180, 37, 8, 250], seed=5)
         load = {"model": str(ctx.minilm), "onnx_dir": str(checkpoint.CACHE / "all-MiniLM-L6-v2-onnx")}
@@ -350,20 +364,22 @@ def ort(ctx: Context) -> None:
             batch = inputs.id_batch(list(lengths), seed=200 + i)
             small = sum(lengths) <= SMALL_CASE_TOKENS
             per_turn = 4 if small else 1  # a small call is cheap and noisy: more calls per turn
-            times = interleaved(ctx, runners, "time_ids", {"batches": [batch]}, p.warmup, p.reps, p.max_s, per_turn)
+            sides = {k: r for k, r in runners.items() if small or not k.endswith(" aot")}  # aot: eager above 32
+            times = interleaved(ctx, sides, "time_ids", {"batches": [batch]}, p.warmup, p.reps, p.max_s, per_turn)
             tokens = sum(lengths)
             peer_t = best(times["ORT fp32"]) if "ORT fp32" in times else None
             if lengths == (16,):
                 ort_short_s = peer_t
-            for side in ("ours fp32", "ours bf16"):
+            for side in ("ours fp32", "ours bf16", "ours fp32 aot", "ours bf16 aot"):
                 if side not in times:
                     continue
                 t = best(times[side])
                 params = {"model": "all-MiniLM-L6-v2", "lengths": list(lengths), "batch_size": len(lengths),
-                          "tokens": tokens, "dtype": side.split()[1], "ours_times_s": times[side],
-                          "peer_times_s": times.get("ORT fp32"),
+                          "tokens": tokens, "dtype": side.split()[1], "cpu_aot": side.endswith(" aot"),
+                          "ours_times_s": times[side], "peer_times_s": times.get("ORT fp32"),
                           "peer_graph": ctx.info.get("onnxruntime", {}).get("graph")}
-                name = f"MiniLM {label}, ours {side.split()[1]} vs ORT fp32"
+                name = f"MiniLM {label}, {side}{' (--cpu-aot)' if side.endswith(' aot') else ''} vs ORT fp32"
+                name = name.replace(" aot (", " (")
                 if small:
                     ctx.rows.append(make_row("ort", f"{name} forward", "ms", 1e3 * t, "ONNX Runtime fp32",
                                              1e3 * peer_t if peer_t else None, better="lower", metric="forward_ms",
@@ -397,6 +413,13 @@ def _idle_vs_ort(ctx: Context, ort_forward_s: float | None) -> None:
                 ctx.note(f"idle server vs ORT ({label}): {result.errors} failed requests; first: {result.first_error}")
             runs[label] = result.summary()
             log.info("idle server, %s: p50 %.2f ms", label, runs[label]["p50_ms"] or -1)
+    with servers.ours(str(ctx.minilm), ctx.work, "float32", extra=["--cpu-aot", "--cpu-aot-dir", str(CPU_AOT_DIR)],
+                      name="ours_idle_ort_aot") as srv:  # the same texts, computed by the compiled short forward
+        result = loadgen.run_load_spread(srv.embed_url, bodies, 1, len(bodies), p.load_max_s * 2, pause_s=0.05)
+        if result.errors:
+            ctx.note(f"idle server --cpu-aot: {result.errors} failed requests; first: {result.first_error}")
+        runs["computed, --cpu-aot"] = result.summary()
+        log.info("idle server --cpu-aot: p50 %.2f ms", runs["computed, --cpu-aot"]["p50_ms"] or -1)
     with servers.noop(ctx.work) as floor:  # the same client and pacing against a server that does no work
         result = loadgen.run_load_spread(floor.embed_url, bodies, 1, len(bodies), p.load_max_s * 2, pause_s=0.05)
         runs["no-op"] = result.summary()
@@ -411,6 +434,11 @@ def _idle_vs_ort(ctx: Context, ort_forward_s: float | None) -> None:
                              "p50", peer, better="lower", metric="idle_vs_ort", dtype="float32",
                              ort_forward_ms=ort_forward_s and 1e3 * ort_forward_s, http_path_p50_ms=path_ms,
                              http_floor_p50_ms=floor_ms, ours_run=runs["computed"], cache_hit_run=runs["cache hits"]))
+    ctx.rows.append(make_row("ort", "server idle, single short request p50, ours fp32 --cpu-aot vs ORT fp32 forward + "
+                             "the same HTTP path", "ms", runs["computed, --cpu-aot"]["p50_ms"], "ORT fp32 1 x 16 "
+                             "forward + our cache-hit p50", peer, better="lower", metric="idle_vs_ort_aot",
+                             dtype="float32", cpu_aot=True, ort_forward_ms=ort_forward_s and 1e3 * ort_forward_s,
+                             http_path_p50_ms=path_ms, http_floor_p50_ms=floor_ms, ours_run=runs["computed, --cpu-aot"]))
 
 
 # ---- full-size NomicBert: ours vs transformers' nomic_bert, ids in, MFU ---------------------------------------------

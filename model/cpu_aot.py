@@ -19,6 +19,7 @@ compiler logs why and keeps eager forwards.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -70,11 +71,12 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def cache_key(source: str, dtype: torch.dtype, state: dict[str, torch.Tensor]) -> str:
-    """Everything the compiled package depends on: the checkpoint (names, shapes and a sample of every tensor's
-    values), the model code, the dtype, torch's version and the CPU's instruction sets."""
+def cache_key(dtype: torch.dtype, state: dict[str, torch.Tensor]) -> str:
+    """Everything the compiled package depends on: the weights (names, shapes and a sample of every tensor's values;
+    not the model's name, so a folder and its hub id share one), the model code, the dtype, torch's version and the
+    CPU's instruction sets."""
     h = hashlib.sha256()
-    h.update(json.dumps([source, str(dtype), torch.__version__, _cpu_flags(), MAX_TOKENS]).encode())
+    h.update(json.dumps([str(dtype), torch.__version__, _cpu_flags(), MAX_TOKENS]).encode())
     for file in sorted(MODEL_CODE.glob("*.py")):
         h.update(file.read_bytes())
     for name, tensor in state.items():
@@ -105,7 +107,7 @@ class SmallForward:
         from torch._inductor import aoti_compile_and_package, aoti_load_package
 
         dtype = next(net.parameters()).dtype
-        path = cache_dir / f"{cache_key(source, dtype, net.state_dict())}.pt2"
+        path = cache_dir / f"{cache_key(dtype, net.state_dict())}.pt2"
         try:
             if not path.is_file():
                 start = time.perf_counter()
@@ -115,7 +117,8 @@ class SmallForward:
                 # freezing: the weights become constants, so the linears are packed for oneDNN inside the package
                 # (outside inference mode they stayed aten addmm calls: 1.6x slower than the eager forward)
                 with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
-                    exported = torch.export.export(_OneSequence(net).eval(), _args(example),
+                    # on a copy: tracing stores fake tensors in the modules' own caches (the rotary tables)
+                    exported = torch.export.export(_OneSequence(copy.deepcopy(net)).eval(), _args(example),
                                                    dynamic_shapes=({0: tokens}, {0: tokens}, {0: tokens}, None, None))
                     aoti_compile_and_package(exported, package_path=str(partial))
                 partial.replace(path)  # whole or absent: two processes compiling at once both end with one package

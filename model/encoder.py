@@ -178,9 +178,11 @@ class Encoder:
         # opt-in: a lone short input through an ahead-of-time compiled copy (model/cpu_aot.py); it exports the plain
         # nn.Linear model, so it is built before the linears are packed
         self._small = None
-        if cpu_aot_dir is not None and device.type == "cpu" and not compile and spec.kind == EMBEDDING:
+        if (cpu_aot_dir is not None and device.type == "cpu" and not compile and spec.kind == EMBEDDING
+                and not spec.architecture.experts(spec.arch)):  # MoE routing is data-dependent: it does not export
             example = pack([list(range(100, 100 + cpu_aot.MAX_TOKENS // 2))])
             self._small = cpu_aot.SmallForward.build(self.model, example, name, cpu_aot_dir)
+        self.cpu_aot_package = self._small.path if self._small is not None else None  # the package in use, if any
         # CPU: oneDNN packed matmuls where they beat nn.Linear here (timed); torch.compile brings its own kernels
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model

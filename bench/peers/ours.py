@@ -19,10 +19,10 @@ state: dict = {}
 
 
 def load(model: str, dtype: str = "float32", compile: bool = False, threads: int | None = None,
-         linears: str = "auto", device: str = "cpu") -> dict:
+         linears: str = "auto", device: str = "cpu", cpu_aot_dir: str | None = None) -> dict:
     if linears == "aten":  # fast-path experiment: keep nn.Linear whatever the timing says
         cpu_linear.install = lambda model, **_: "aten"
-    enc = Encoder.load(model, device=device, dtype=dtype, compile=compile, threads=threads)
+    enc = Encoder.load(model, device=device, dtype=dtype, compile=compile, threads=threads, cpu_aot_dir=cpu_aot_dir)
     state["enc"] = enc
     return {
         "device": enc.info.device,
@@ -32,6 +32,7 @@ def load(model: str, dtype: str = "float32", compile: bool = False, threads: int
         "threads": enc.threads,
         "compile": compile,
         "linear_kernel": enc.linear_kernel,
+        "cpu_aot_package": str(enc.cpu_aot_package) if enc.cpu_aot_package else None,
         "versions": {"python": platform.python_version(), **common.versions("torch", "tokenizers", "numpy")},
     }
 
