@@ -438,7 +438,8 @@ def _idle_vs_ort(ctx: Context, ort_forward_s: float | None) -> None:
                              "the same HTTP path", "ms", runs["computed, --cpu-aot"]["p50_ms"], "ORT fp32 1 x 16 "
                              "forward + our cache-hit p50", peer, better="lower", metric="idle_vs_ort_aot",
                              dtype="float32", cpu_aot=True, ort_forward_ms=ort_forward_s and 1e3 * ort_forward_s,
-                             http_path_p50_ms=path_ms, http_floor_p50_ms=floor_ms, ours_run=runs["computed, --cpu-aot"]))
+                             http_path_p50_ms=path_ms, http_floor_p50_ms=floor_ms,
+                             ours_run=runs["computed, --cpu-aot"]))
 
 
 # ---- full-size NomicBert: ours vs transformers' nomic_bert, ids in, MFU ---------------------------------------------
