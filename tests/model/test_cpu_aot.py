@@ -114,3 +114,15 @@ def test_server_flag(minilm_aot, aot_dir, minilm):
         assert "compiled" not in server.output()
     want = minilm.embed(minilm.tokenize(["a short sentence"]))[0]
     np.testing.assert_allclose(body["data"][0]["embedding"], want, atol=1e-5)
+
+
+def test_side_by_side_calls_get_their_own_answers(minilm_aot, minilm):
+    """The server's two encoder workers may both run a lone short input at once: each gets its own vector."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[ids(2 + i % 30, offset=i)] for i in range(64)]
+    want = [minilm.embed(b) for b in batches]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda b: minilm_aot.pooled(b, threads=1), batches))
+    for g, w, b in zip(got, want, batches):
+        np.testing.assert_allclose(minilm_aot.finish(g), w, atol=1e-5, err_msg=f"{len(b[0])} tokens")
