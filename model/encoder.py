@@ -180,7 +180,7 @@ class Encoder:
         self._small = None
         if (cpu_aot_dir is not None and device.type == "cpu" and not compile and spec.kind == EMBEDDING
                 and not spec.architecture.experts(spec.arch)):  # MoE routing is data-dependent: it does not export
-            example = pack([list(range(100, 100 + cpu_aot.MAX_TOKENS // 2))])
+            example = pack([list(range(cpu_aot.MAX_TOKENS // 2))])  # ids below any vocabulary's size
             self._small = cpu_aot.SmallForward.build(self.model, example, name, cpu_aot_dir)
         self.cpu_aot_package = self._small.path if self._small is not None else None  # the package in use, if any
         # CPU: oneDNN packed matmuls where they beat nn.Linear here (timed); torch.compile brings its own kernels
@@ -429,6 +429,7 @@ class Encoder:
         """Run a few shapes once so the first request does not pay for allocator growth or compilation."""
         for length in (8, 64):
             self.pooled([[1] * min(length, self.info.max_input_tokens)] * 2)
+        self.pooled([[1] * min(16, self.info.max_input_tokens)])  # a lone short input: the compiled path, if any
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
