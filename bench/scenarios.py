@@ -364,7 +364,7 @@ def ort(ctx: Context) -> None:
             batch = inputs.id_batch(list(lengths), seed=200 + i)
             small = sum(lengths) <= SMALL_CASE_TOKENS
             per_turn = 4 if small else 1  # a small call is cheap and noisy: more calls per turn
-            sides = {k: r for k, r in runners.items() if small or not k.endswith(" aot")}  # aot: eager above 32
+            sides = {k: r for k, r in runners.items() if small or not k.endswith(" aot")}  # aot: eager past 64 tokens
             times = interleaved(ctx, sides, "time_ids", {"batches": [batch]}, p.warmup, p.reps, p.max_s, per_turn)
             tokens = sum(lengths)
             peer_t = best(times["ORT fp32"]) if "ORT fp32" in times else None

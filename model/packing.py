@@ -176,10 +176,16 @@ def per_sequence_pays(batch: PackedBatch, cpu: bool = False) -> bool:
 SHORT_KEYS = 32
 
 
+def _tracing() -> bool:
+    """Inside torch.export's trace (strict or not) or torch.compile's."""
+    return torch.compiler.is_exporting() or torch.compiler.is_compiling()
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """`scaled_dot_product_attention(q, k, v, attn_mask=mask)` on (B, H, S, D) grids; `mask` bool (True: may attend)
     or additive, broadcast over the scores."""
-    if q.device.type != "cpu" or q.dtype != torch.float32 or k.shape[-2] > SHORT_KEYS:
+    # traced for a compiled graph (model/cpu_aot.py): one op whatever the length, which inductor compiles as it likes
+    if _tracing() or q.device.type != "cpu" or q.dtype != torch.float32 or k.shape[-2] > SHORT_KEYS:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, H, S_q, S_k)
     if mask is not None:
