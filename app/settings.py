@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     compile: bool = Field(False, description="Run the encoder under torch.compile (where it wins; see bench/).")
     cpu_aot: bool = Field(
         False, description="On CPU, run a lone input of up to 64 tokens through an ahead-of-time compiled copy of the "
-        "embedder (AOTInductor): up to 1.3x faster there. Needs a C++ compiler the first time (~25 s a model and dtype); "
-        "the compiled package is kept in `cpu_aot_dir`, and holds its own copy of the weights."
+        "embedder (AOTInductor): up to 1.3x faster there. Needs a C++ compiler the first time (~25 s a model and "
+        "dtype); the compiled package is kept in `cpu_aot_dir`, and holds its own copy of the weights."
     )
     cpu_aot_dir: Path | None = Field(
         None, description="Where compiled CPU packages are kept; default `$XDG_CACHE_HOME/nomic-embed-server/cpu-aot`."
