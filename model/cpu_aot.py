@@ -16,8 +16,8 @@ count as a dynamic dimension, so one compiled package serves every length in tha
 
 Costs: a C++ compiler at the first load, ~25 s per model and dtype, after which the package is kept on disk
 (`cache_dir`, keyed by everything the compiled code depends on) and loads in under a second; the package holds its own
-copy of the weights (MiniLM fp32 88 MB). An architecture that does not export (MoE routing) or a machine without a
-compiler logs why and keeps eager forwards.
+copy of the weights (MiniLM fp32 88 MB). MoE models are not exported (data-dependent routing); a model that fails to
+export or a machine without a compiler logs why and keeps eager forwards.
 """
 
 from __future__ import annotations

@@ -207,15 +207,16 @@ def packed_attention(
 ) -> torch.Tensor:
     """Bidirectional attention inside each sequence. q, k, v: (T, H, D) -> (T, H, D). With `window`, a query sees only
     keys at most `window` positions away (and, as always, only its own sequence's)."""
-    if window is not None and batch.max_len <= window + 1:
-        window = None  # every key is inside the window: plain attention, no mask
+    if window is not None and not _tracing() and batch.max_len <= window + 1:
+        window = None  # every key is inside the window: plain attention, no mask (a traced graph keeps the mask)
     if batch.varlen:
         cu = batch.cu_seqlens
         sliding = (window, window) if window is not None else (-1, -1)
         return _varlen_attn()(q, k, v, cu, cu, batch.max_len, batch.max_len, window_size=sliding)
     B, S = batch.batch_size, batch.max_len
     T, H, D = q.shape
-    band = band_mask(S, window, q.device, q.dtype) if window is not None else None  # (S, S)
+    masks = band_mask.__wrapped__ if _tracing() else band_mask  # a traced length is symbolic: nothing to cache by
+    band = masks(S, window, q.device, q.dtype) if window is not None else None  # (S, S)
     if batch.uniform:  # equal lengths: the packed tokens already form the (B, S) grid
         grid = [t.view(B, S, H, D).transpose(1, 2) for t in (q, k, v)]  # (B, H, S, D)
         out = attend(*grid, band)
