@@ -378,8 +378,8 @@ def ort(ctx: Context) -> None:
                           "tokens": tokens, "dtype": side.split()[1], "cpu_aot": side.endswith(" aot"),
                           "ours_times_s": times[side], "peer_times_s": times.get("ORT fp32"),
                           "peer_graph": ctx.info.get("onnxruntime", {}).get("graph")}
-                name = f"MiniLM {label}, {side}{' (--cpu-aot)' if side.endswith(' aot') else ''} vs ORT fp32"
-                name = name.replace(" aot (", " (")
+                shown = side.removesuffix(" aot") + (" (--cpu-aot)" if params["cpu_aot"] else "")
+                name = f"MiniLM {label}, {shown} vs ORT fp32"
                 if small:
                     ctx.rows.append(make_row("ort", f"{name} forward", "ms", 1e3 * t, "ONNX Runtime fp32",
                                              1e3 * peer_t if peer_t else None, better="lower", metric="forward_ms",
