@@ -336,9 +336,9 @@ def ort(ctx: Context) -> None:
         runners["ours fp32"] = ours_runner(ctx, "ours_ort_fp32")
         ctx.info["ours_ort_fp32"] = runners["ours fp32"].call("load", model=str(ctx.minilm), dtype="float32")
         dtypes = ["float32", "bfloat16"] if cpu_has_native_bf16() else ["float32"]
-        for dtype in dtypes[1:]:
+        if "bfloat16" in dtypes:
             runners["ours bf16"] = ours_runner(ctx, "ours_ort_bf16")
-            ctx.info["ours_ort_bf16"] = runners["ours bf16"].call("load", model=str(ctx.minilm), dtype=dtype)
+            ctx.info["ours_ort_bf16"] = runners["ours bf16"].call("load", model=str(ctx.minilm), dtype="bfloat16")
         for dtype in dtypes:  # the opt-in compiled short forward (--cpu-aot), on the latency rows only
             short = SHORT_DTYPE[dtype]
             side = f"ours {short} aot"

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.packing import PackedBatch
+from model.packing import PackedBatch, pack
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class SmallForward:
         return self._runner(*_args(packed))
 
     @classmethod
-    def build(cls, net: nn.Module, example: PackedBatch, source: str, cache_dir: Path) -> SmallForward | None:
+    def build(cls, net: nn.Module, source: str, cache_dir: Path) -> SmallForward | None:
         """Load the package for `net` (eval mode, on CPU in its dtype, plain nn.Linear layers) from `cache_dir`,
         compiling it first when it is not there. None, with the reason logged, when it cannot be built here."""
         from torch._inductor import aoti_compile_and_package, aoti_load_package
@@ -121,6 +121,7 @@ class SmallForward:
                 # (outside inference mode they stayed aten addmm calls: 1.6x slower than the eager forward)
                 with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
                     # on a copy: tracing stores fake tensors in the modules' own caches (the rotary tables)
+                    example = pack([list(range(MAX_TOKENS // 2))])  # ids below any vocabulary's size
                     exported = torch.export.export(_OneSequence(copy.deepcopy(net)).eval(), _args(example),
                                                    dynamic_shapes=({0: tokens}, {0: tokens}, {0: tokens}, None, None))
                     aoti_compile_and_package(exported, package_path=str(partial))

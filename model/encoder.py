@@ -180,9 +180,7 @@ class Encoder:
         self._small = None
         if (cpu_aot_dir is not None and device.type == "cpu" and not compile and spec.kind == EMBEDDING
                 and not spec.architecture.experts(spec.arch)):  # MoE routing is data-dependent: it does not export
-            example = pack([list(range(cpu_aot.MAX_TOKENS // 2))])  # ids below any vocabulary's size
-            self._small = cpu_aot.SmallForward.build(self.model, example, name, cpu_aot_dir)
-        self.cpu_aot_package = self._small.path if self._small is not None else None  # the package in use, if any
+            self._small = cpu_aot.SmallForward.build(self.model, name, cpu_aot_dir)
         # CPU: oneDNN packed matmuls where they beat nn.Linear here (timed); torch.compile brings its own kernels
         self.linear_kernel = cpu_linear.install(self.model) if device.type == "cpu" and not compile else "aten"
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
@@ -243,6 +241,11 @@ class Encoder:
             f", {encoder.threads} threads, {encoder.linear_kernel} linears" if torch_device.type == "cpu" else "",
         )
         return encoder
+
+    @property
+    def cpu_aot_package(self) -> Path | None:
+        """The compiled short-forward package in use (`--cpu-aot`), if any."""
+        return self._small.path if self._small is not None else None
 
     # ---- input side -------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], prefix: str = "") -> list[list[int]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,6 +17,11 @@ NOMIC = GOLDEN / "nomic"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def has_cxx() -> bool:
+    """A C++ compiler for AOTInductor (`--cpu-aot`): `CXX`, else g++."""
+    return shutil.which(os.environ.get("CXX", "g++")) is not None
 
 
 def load_golden(folder: Path) -> dict:

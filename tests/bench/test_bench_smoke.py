@@ -4,14 +4,12 @@ both the text-in and the ids-in scenarios, results written to a tmp dir. Seconds
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 
 from bench import checkpoint, scenarios
 from bench.__main__ import main
-from tests.conftest import GOLDEN, NOMIC
+from tests.conftest import GOLDEN, NOMIC, has_cxx
 
 TINY = NOMIC / "nomic-text-tiny"
 RERANKER = GOLDEN / "rerank" / "bert-cross-encoder-tiny"
@@ -52,7 +50,7 @@ def test_json_rows_and_machine(run):
     # the no-op app does no work, our cache hit skips only the model: the floor sits below both passes
     assert 0 < idle_ort["params"]["http_floor_p50_ms"] <= idle_ort["ours"]
     # --cpu-aot: the compiled short forward's latency rows and its idle server (skipped without a C++ compiler)
-    if shutil.which(os.environ.get("CXX", "g++")):
+    if has_cxx():
         assert "1 x 16 tok, ours fp32 (--cpu-aot)" in scenarios_seen
     assert any(r["params"].get("metric") == "idle_vs_ort_aot" for r in result["rows"])
 

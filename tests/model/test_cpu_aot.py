@@ -4,8 +4,6 @@ vectors as the eager forward, used only where it covers the batch, kept on disk,
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 
 import httpx
 import numpy as np
@@ -15,10 +13,9 @@ import torch
 from model import cpu_aot
 from model.encoder import Encoder
 from tests.app.conftest import server_process
-from tests.conftest import GOLDEN, NOMIC
+from tests.conftest import GOLDEN, NOMIC, has_cxx
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
-                                reason="AOTInductor needs a C++ compiler")
+pytestmark = pytest.mark.skipif(not has_cxx(), reason="AOTInductor needs a C++ compiler")
 
 
 def ids(n: int, offset: int = 0) -> list[int]:
